@@ -1,0 +1,56 @@
+"""Command line: ``python -m repro {fetch,sweep,check,bench}``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m repro", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fetch", help="download/copy datasets into data/ (mirror first, checksums verified)")
+    f.add_argument("names", nargs="*", help="datasets (default: every dataset available offline here)")
+    f.add_argument("--all", action="store_true", help="every registered dataset")
+    s = sub.add_parser("sweep", help="train every run of a params.yaml section (cached runs are skipped)")
+    s.add_argument("section")
+    s.add_argument("--params", default="params.yaml")
+    s.add_argument("--results", default="results")
+    s.add_argument("--only", action="append", default=[], metavar="COLUMN=VALUE",
+                   help="train only the jobs whose column (dataset, algorithm, seed) has this value")
+    c = sub.add_parser("check", help="claims table: reported vs reproduced; exit 1 on an unexpected miss")
+    c.add_argument("--claims", default="claims.yaml")
+    c.add_argument("--markdown", action="store_true", help="print the README table")
+    b = sub.add_parser("bench", help="time one training epoch and peak memory per rule vs BP")
+    b.add_argument("--quick", action="store_true", help="fewer steps (CI)")
+    b.add_argument("--out", default=None, help="write the table as JSON here")
+    a = ap.parse_args(argv)
+
+    from .data import DataError
+    from .models import ConfigError
+
+    try:
+        if a.cmd == "fetch":
+            from . import data
+            names = a.names or [n for n, e in data.REGISTRY.items() if e.offline_here or a.all]
+            for n in names:
+                print(f"{n}: {data.fetch(n)}")
+        elif a.cmd == "sweep":
+            from .figures.common import load_params
+            from .figures import SECTIONS
+            P = load_params(a.section, a.params)
+            only = dict(o.split("=", 1) for o in a.only)
+            SECTIONS[a.section](a.section, P, a.results, only=only)
+        elif a.cmd == "check":
+            from .claims import main as check_main
+            return check_main(a.claims, markdown=a.markdown)
+        elif a.cmd == "bench":
+            from .bench import main as bench_main
+            return bench_main(quick=a.quick, out=a.out)
+    except (DataError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

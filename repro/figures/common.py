@@ -1,0 +1,82 @@
+"""Helpers shared by the figure modules: params, run stores, tidy frames, metric aggregation."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ..models import ConfigError
+from ..train import RunStore, run_key, sweep
+
+
+def load_params(section: str, params_file: str | Path = "params.yaml", overrides: dict | None = None) -> dict:
+    """One figure's params (plus the global ``device`` and ``workers``), with dotted-key overrides."""
+    p = Path(params_file)
+    if not p.is_file():
+        raise ConfigError(f"params_file={str(p)!r} does not exist")
+    allp = yaml.safe_load(p.read_text())
+    if section not in allp:
+        raise ConfigError(f"section={section!r} is not in {p}; sections: {', '.join(k for k in allp if isinstance(allp[k], dict))}")
+    out = dict(allp[section])
+    out.setdefault("device", os.environ.get("REPRO_DEVICE", allp.get("device", "auto")))
+    out.setdefault("workers", int(os.environ.get("REPRO_WORKERS", allp.get("workers", 1))))
+    for k, v in (overrides or {}).items():
+        d = out
+        *head, last = k.split(".")
+        for h in head:
+            if h not in d or not isinstance(d[h], dict):
+                raise ConfigError(f"override {k!r}: {h!r} is not a mapping in section {section!r}")
+            d = d[h]
+        if last not in d:
+            raise ConfigError(f"override {k!r}: unknown key; allowed: {', '.join(d)}")
+        d[last] = v
+    return out
+
+
+def store_for(section: str, results: str | Path = "results") -> RunStore:
+    base = Path(results) / section
+    return RunStore(base / "runs", base / "weights")
+
+
+def run_all(jobs: list[dict], store: RunStore, P: dict, desc: str) -> list[dict]:
+    """``jobs``: dicts with ``config`` plus descriptive columns; returns them with ``record`` added."""
+    recs = sweep([j["config"] for j in jobs], store, device=P["device"], workers=P["workers"], desc=desc)
+    return [{**j, "record": r, "key": run_key(j["config"])} for j, r in zip(jobs, recs)]
+
+
+def history_frame(done: list[dict]) -> pd.DataFrame:
+    rows = []
+    for j in done:
+        meta = {k: v for k, v in j.items() if k not in ("config", "record")}
+        for h in j["record"]["history"]:
+            rows.append({**meta, "status": j["record"]["status"], **h})
+    return pd.DataFrame(rows)
+
+
+def final_frame(done: list[dict]) -> pd.DataFrame:
+    rows = []
+    for j in done:
+        meta = {k: v for k, v in j.items() if k not in ("config", "record")}
+        rows.append({**meta, "status": j["record"]["status"], **j["record"]["summary"]})
+    return pd.DataFrame(rows)
+
+
+def agg(values) -> dict:
+    v = np.asarray(list(values), dtype=float)
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(np.min(v)), "max": float(np.max(v)), "n": int(len(v))}
+
+
+def gap_closed(m_drtp: float, m_f3: float, m_bp: float) -> float:
+    """f3.md §4: (M_DRTP − M_F3) / (M_DRTP − M_BP) × 100 %."""
+    return 100.0 * (m_drtp - m_f3) / (m_drtp - m_bp)
+
+
+def write_metrics(path: str | Path, metrics: dict) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")

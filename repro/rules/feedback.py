@@ -1,0 +1,79 @@
+"""Direct feedback to hidden layers (f3.md §2.2): the machinery DFA, DRTP, LLO and F³ share.
+
+Every hidden layer i receives the pseudo-gradient ``g_i = e @ B_i`` at its output (``e``: a per-sample
+feedback vector [B, C], ``B_i``: a fixed random matrix [C, n_i]); the local chain rule gives
+``δz_i = g_i ⊙ act'(z_i)``, ``grad W_i = δz_iᵀ h_{i-1}``, ``grad b_i = Σ_batch δz_i``. ``g_i`` is not
+divided by the batch size. The output layer gets the exact gradient of the batch-mean loss. All of
+it is computed in one forward pass under ``no_grad``; no autograd graph is built.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..models import check_choice, dloss_dz, loss_value
+from .base import Batch, Rule, StepOut, set_grad
+
+FEEDBACK_INITS = ("kaiming_uniform", "trinomial", "binomial", "pm_identity")
+
+
+def feedback_matrix(kind: str, n_out: int, n_hidden: int, device=None) -> torch.Tensor:
+    """A fixed feedback matrix [C, n] (f3.md §2.7), drawn from the global torch RNG."""
+    check_choice("rule.feedback_init", kind, FEEDBACK_INITS)
+    if kind == "kaiming_uniform":  # kaiming_uniform_(a=√5), fan_in = n  ⇒  U(±1/√n)
+        b = torch.empty(n_out, n_hidden, device=device)
+        torch.nn.init.kaiming_uniform_(b, a=math.sqrt(5))
+        return b
+    if kind == "trinomial":
+        return torch.randint(-1, 2, (n_out, n_hidden), device=device).float()
+    if kind == "binomial":
+        return torch.randint(0, 2, (n_out, n_hidden), device=device).float()
+    eye = torch.eye(n_out, device=device)
+    pattern = torch.cat([eye, -eye], dim=1)  # [C, 2C]
+    reps = -(-n_hidden // (2 * n_out))
+    return pattern.repeat(1, reps)[:, :n_hidden].contiguous()
+
+
+class DirectFeedback(Rule):
+    """Base for rules whose hidden layers learn from a projected per-sample vector ``e``."""
+
+    PARAMS = {"feedback_init": "kaiming_uniform"}
+    train_hidden = True
+
+    def setup(self, model, n_train):
+        dev = model.layers[0].weight.device
+        n_out = model.sizes[-1]
+        self.B = [feedback_matrix(self.params["feedback_init"], n_out, n, dev) for n in model.sizes[1:-1]]
+
+    def feedback(self, batch: Batch, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        """The per-sample feedback vector e [B, C]."""
+        raise NotImplementedError
+
+    def trainable(self, model):
+        return list(model.parameters()) if self.train_hidden else list(model.layers[-1].parameters())
+
+    @torch.no_grad()
+    def step(self, model, batch: Batch) -> StepOut:
+        zs, hs = model.forward_all(batch.x)
+        y = hs[-1]
+        loss = loss_value(model.loss, y, batch.y)
+        out_layer = model.layers[-1]
+        gz = dloss_dz(model.loss, y, batch.y)
+        set_grad(out_layer.weight, gz.t() @ hs[-2])
+        if out_layer.bias is not None:
+            set_grad(out_layer.bias, gz.sum(0))
+        if self.train_hidden:
+            e = self.feedback(batch, y)
+            for i, lin in enumerate(model.layers[:-1]):
+                dz = (e @ self.B[i]) * model.act.grad(zs[i], hs[i + 1])
+                set_grad(lin.weight, dz.t() @ hs[i])
+                if lin.bias is not None:
+                    set_grad(lin.bias, dz.sum(0))
+        return StepOut(loss, y)
+
+    def state_dict(self):
+        return {f"B{i}": b for i, b in enumerate(getattr(self, "B", []))}
+
+    def load_state_dict(self, state):
+        self.B = [state[f"B{i}"] for i in range(len(state))]

@@ -1,0 +1,64 @@
+"""PEPITA (Dellaferrera & Kreiman 2022), f3.md §2.8 / foton.md §2.8.1.
+
+Two forward passes, no backward pass: the clean pass gives the error ``e = softmax(y) − y*``; the input
+is modulated by a fixed random projection of it, ``x̃ = x + e Fᵀ``; the second pass (same dropout
+masks) gives ``h̃``. Updates (descent directions, written as ``p.grad``):
+first layer ``(h_1 − h̃_1)ᵀ x̃ / B``, hidden ``(h_ℓ − h̃_ℓ)ᵀ h̃_{ℓ−1} / B``, output ``ẽᵀ h̃_{L−1} / B``
+with ``ẽ = softmax(ỹ) − y*`` (both official implementations use the modulated-pass error there).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..models import loss_value
+from .base import Batch, Rule, StepOut, set_grad
+
+
+class PEPITA(Rule):
+    name = "pepita"
+    PARAMS = {"f_scale": 0.05, "keep": 0.9, "sign": 1.0}
+
+    def setup(self, model, n_train):
+        d0, c = model.sizes[0], model.sizes[-1]
+        a = math.sqrt(6.0 / d0)
+        dev = model.layers[0].weight.device
+        self.F = (torch.rand(d0, c, device=dev) * 2 * a - a) * self.params["f_scale"]
+
+    def masks(self, model, batch_size: int, device) -> list[torch.Tensor] | None:
+        keep = self.params["keep"]
+        if keep >= 1.0:
+            return None
+        return [torch.bernoulli(torch.full((batch_size, n), keep, device=device)) / keep
+                for n in model.sizes[1:-1]]
+
+    @staticmethod
+    def error(model, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (torch.softmax(y, dim=1) if model.loss == "ce" else y) - t
+
+    @torch.no_grad()
+    def step(self, model, batch: Batch) -> StepOut:
+        x, t = batch.x, batch.y
+        m = self.masks(model, x.shape[0], x.device)
+        _, hs = model.forward_all(x, m)
+        e = self.error(model, hs[-1], t)
+        xm = x + self.params["sign"] * (e @ self.F.t())
+        _, hm = model.forward_all(xm, m)
+        em = self.error(model, hm[-1], t)
+        B = x.shape[0]
+        L = len(model.layers)
+        for i, lin in enumerate(model.layers):
+            if i < L - 1:
+                g = (hs[i + 1] - hm[i + 1]).t() @ hm[i] / B  # hm[0] = x̃
+                gb = (hs[i + 1] - hm[i + 1]).sum(0) / B
+            else:
+                g = em.t() @ hm[i] / B
+                gb = em.sum(0) / B
+            set_grad(lin.weight, g)
+            if lin.bias is not None:
+                set_grad(lin.bias, gb)
+        return StepOut(loss_value(model.loss, hs[-1], t), hs[-1])
+
+    def state_dict(self):
+        return {"F": self.F}
