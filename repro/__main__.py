@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             SECTIONS[a.section](a.section, P, a.results, only=only)
         elif a.cmd == "check":
             from .claims import main as check_main
-            return check_main(a.claims, markdown=a.markdown)
+            return check_main(a.claims, as_markdown=a.markdown)
         elif a.cmd == "bench":
             from .bench import main as bench_main
             return bench_main(quick=a.quick, out=a.out)

@@ -342,6 +342,12 @@ def _load_cifar(name: str, path: Path, normalize: str, flatten: bool) -> Data:
         def _check_integrity(self) -> bool:
             return True
 
+        def _load_meta(self) -> None:
+            import pickle
+            with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
     with tempfile.TemporaryDirectory() as tmp:
         try:
             with tarfile.open(path / entry(name).files[0].name) as tf:

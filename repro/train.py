@@ -275,6 +275,16 @@ def _steps(cfg: dict) -> int:
     return c["epochs"] * -(-n // c["batch_size"])
 
 
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, end this worker when the sweep process is killed."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # not Linux: workers finish their current run, then the pool shuts down
+        pass
+
+
 def _worker(args):
     cfg, runs, weights, device, threads, queue = args
     torch.set_num_threads(threads)
@@ -311,7 +321,7 @@ def sweep(configs: list[dict], store: RunStore, device: str = "auto", workers: i
         import queue as queue_mod
 
         ctx = mp.get_context("spawn")
-        with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with_parent) as pool:
             q = manager.Queue()
             futs = [pool.submit(_worker, (configs[i], str(store.runs), str(store.weights), device,
                                           threads or 1, q)) for i in todo.values()]

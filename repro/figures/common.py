@@ -80,3 +80,18 @@ def write_metrics(path: str | Path, metrics: dict) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+
+
+def repo_root(start: str | Path | None = None) -> Path:
+    """The folder holding params.yaml (so a notebook opened from notebooks/ finds the project)."""
+    p = Path(start or Path.cwd()).resolve()
+    for cand in (p, *p.parents):
+        if (cand / "params.yaml").is_file() and (cand / "repro").is_dir():
+            return cand
+    raise ConfigError(f"no project root (a folder with params.yaml and repro/) above {p}")
+
+
+def save(fig, path: str | Path, dpi: int = 110) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=dpi, bbox_inches="tight")

@@ -1,0 +1,31 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MIRROR = Path(os.environ.get("REPRO_DATA_MIRROR", ROOT.parent / "shared" / "datasets"))
+
+
+@pytest.fixture
+def mirror():
+    if not (MIRROR / "mnist").is_dir():
+        pytest.skip(f"no dataset mirror at {MIRROR}")
+    return MIRROR
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def tiny_data(n_train=64, n_test=32, n_in=6, n_out=3, task="classification", seed=0):
+    from repro.data import Data
+    g = torch.Generator().manual_seed(seed)
+    xtr, xte = torch.randn(n_train, n_in, generator=g), torch.randn(n_test, n_in, generator=g)
+    if task == "classification":
+        ltr, lte = torch.randint(0, n_out, (n_train,), generator=g), torch.randint(0, n_out, (n_test,), generator=g)
+        oh = lambda l: torch.nn.functional.one_hot(l, n_out).float()  # noqa: E731
+        return Data("tiny", task, xtr, oh(ltr), xte, oh(lte), ltr, lte)
+    return Data("tiny", task, xtr, torch.randn(n_train, 1, generator=g), xte, torch.randn(n_test, 1, generator=g))

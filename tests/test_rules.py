@@ -1,0 +1,261 @@
+"""Each rule against an exact reference on a tiny net."""
+import copy
+import math
+
+import pytest
+import torch
+
+from repro.models import MLP, dloss_dy, loss_value
+from repro.rules import Batch, make_rule
+from repro.rules.f3 import buffer_value
+from repro.rules.feedback import DirectFeedback, feedback_matrix
+
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Exact comparisons in double precision; restored afterwards so other modules are unaffected."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def net(loss="bce", act="tanh", sizes=(6, 5, 4, 3), bias=True):
+    torch.manual_seed(1)
+    return MLP(list(sizes), act=act, loss=loss, bias=bias)
+
+
+def batch(n=7, n_in=6, n_out=3, loss="bce"):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, n_in, generator=g)
+    if loss == "mse":
+        y = torch.randn(n, n_out, generator=g)
+    else:
+        y = torch.nn.functional.one_hot(torch.randint(0, n_out, (n,), generator=g), n_out).double()
+    return Batch(torch.arange(n) * 2 + 1, x, y)
+
+
+def grads(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def setup_rule(cfg, model, n_train=20, y_train=None):
+    r = make_rule(cfg)
+    r.setup(model, n_train)
+    if hasattr(r, "init_buffer"):
+        r.init_buffer(y_train if y_train is not None else torch.zeros(n_train, model.sizes[-1]))
+    for p in model.parameters():
+        p.requires_grad_(r.needs_autograd)
+    return r
+
+
+@pytest.mark.parametrize("loss", ["bce", "mse", "ce"])
+def test_bp_equals_autograd(loss):
+    m = net(loss)
+    b = batch(loss=loss)
+    ref = copy.deepcopy(m)
+    r = setup_rule({"name": "bp"}, m)
+    out = r.step(m, b)
+    l = loss_value(loss, ref(b.x), b.y)
+    g = torch.autograd.grad(l, list(ref.parameters()))
+    for a, e in zip(grads(m), g):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-12)
+    assert math.isclose(float(out.loss), float(l.detach()), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["bce", "mse", "ce"])
+def test_output_layer_gradient_is_exact(loss):
+    """Every direct-feedback rule gives the output layer the true gradient of the batch-mean loss."""
+    m = net(loss)
+    b = batch(loss=loss)
+    ref = copy.deepcopy(m)
+    r = setup_rule({"name": "dfa"}, m)
+    r.step(m, b)
+    g = torch.autograd.grad(loss_value(loss, ref(b.x), b.y), list(ref.layers[-1].parameters()))
+    for a, e in zip([p.grad for p in m.layers[-1].parameters()], g):
+        torch.testing.assert_close(a, e)
+
+
+def manual_hidden(model, e, Bs, x):
+    """Hand-written DFA/DRTP/F³ hidden update: δz_i = (e B_i) ⊙ (1 − h_i²); ∇W_i = δz_iᵀ h_{i−1}."""
+    h, out = x, []
+    for i, lin in enumerate(model.layers[:-1]):
+        hn = torch.tanh(h @ lin.weight.T + lin.bias)
+        dz = (e @ Bs[i]) * (1 - hn ** 2)
+        out.append((dz.T @ h, dz.sum(0)))
+        h = hn
+    return out
+
+
+@pytest.mark.parametrize("name", ["dfa", "drtp", "f3"])
+def test_hidden_updates_equal_hand_written_formula(name):
+    m = net("bce")
+    b = batch()
+    E0 = torch.randn(20, 3)
+    r = setup_rule({"name": name}, m, y_train=E0)
+    r.step(m, b)
+    y = m(b.x)
+    e = {"dfa": b.y - y, "drtp": b.y, "f3": E0[b.idx]}[name]
+    for (gw, gb), lin in zip(manual_hidden(m, e, r.B, b.x), m.layers[:-1]):
+        torch.testing.assert_close(lin.weight.grad, gw)
+        torch.testing.assert_close(lin.bias.grad, gb)
+
+
+def test_injecting_the_true_gradient_gives_bp():
+    """Sanity of the injection path (f3.md §8 (b)): with B_1 = W_2 and e = ∂L/∂z_2, d=1 equals BP."""
+    m = net("bce", sizes=(6, 5, 3))
+    b = batch()
+    ref = copy.deepcopy(m)
+
+    class TrueGrad(DirectFeedback):
+        name = "true"
+
+        def feedback(self, batch, y):
+            from repro.models import dloss_dz
+            return dloss_dz("bce", y, batch.y)
+
+    r = TrueGrad()
+    r.setup(m, 20)
+    r.B = [m.layers[1].weight.detach().clone()]
+    r.step(m, b)
+    g = torch.autograd.grad(loss_value("bce", ref(b.x), b.y), list(ref.parameters()))
+    for a, e in zip(grads(m), g):
+        torch.testing.assert_close(a, e)
+
+
+def test_rule_does_not_silently_train_as_bp():
+    """DFA's hidden update differs from BP's and does not depend on downstream weights (DRTP issue #1)."""
+    m = net("bce")
+    b = batch()
+    r = setup_rule({"name": "drtp"}, m)
+    r.step(m, b)
+    g1 = m.layers[0].weight.grad.clone()
+    with torch.no_grad():
+        m.layers[1].weight.mul_(3.0)
+        m.layers[2].weight.add_(1.0)
+    r.step(m, b)
+    torch.testing.assert_close(m.layers[0].weight.grad, g1)
+    ref = copy.deepcopy(m).requires_grad_(True)
+    gbp = torch.autograd.grad(loss_value("bce", ref(b.x), b.y), ref.layers[0].weight)[0]
+    assert not torch.allclose(gbp, g1)
+
+
+def test_llo_trains_only_the_last_layer():
+    m = net("bce")
+    r = setup_rule({"name": "llo"}, m)
+    assert [id(p) for p in r.trainable(m)] == [id(p) for p in m.layers[-1].parameters()]
+    r.step(m, batch())
+    assert m.layers[0].weight.grad is None
+
+
+@pytest.mark.parametrize("ei", ["delayed_error", "delayed_loss", "delayed_error_softmax", "delayed_loss_softmax"])
+@pytest.mark.parametrize("loss", ["bce", "mse"])
+def test_f3_buffer_values_match_autograd(ei, loss):
+    y = torch.rand(5, 3) * 0.9 + 0.05
+    t = batch(5, loss=loss).y
+    v = buffer_value(ei, loss, y, t)
+    yy = y.clone().requires_grad_(True)
+    if ei == "delayed_error":
+        ref = t - y
+    elif ei == "delayed_error_softmax":
+        ref = t - torch.softmax(y, 1)
+    elif ei == "delayed_loss":
+        ref = -torch.autograd.grad(loss_value(loss, yy, t), yy)[0]
+    else:
+        ref = -torch.autograd.grad(loss_value(loss, torch.softmax(yy, 1), t), yy)[0]
+    torch.testing.assert_close(v, ref)
+
+
+def test_f3_loss_mse_is_scaled_error():
+    y, t = torch.randn(8, 1), torch.randn(8, 1)
+    torch.testing.assert_close(buffer_value("delayed_loss", "mse", y, t), 2 / 8 * buffer_value("delayed_error", "mse", y, t))
+
+
+def test_f3_buffer_indexed_by_sample():
+    """Reads use E[idx]; writes go to E[idx] with the pre-step output; other entries are untouched."""
+    m = net("bce")
+    E0 = torch.randn(20, 3)
+    r = setup_rule({"name": "f3", "error_info": "delayed_error_one_hot"}, m, y_train=E0)
+    b = batch()
+    perm = torch.tensor([13, 2, 7, 19, 0, 5, 11])  # shuffled positions
+    b = Batch(perm, b.x, b.y)
+    torch.testing.assert_close(r.feedback(b, None), b.y * E0[perm])  # one-hot mask at read time
+    out = r.step(m, b)
+    y_pre = m(b.x).detach()
+    torch.optim.SGD(m.parameters(), lr=0.5).step()
+    r.after_step(m, b, out)
+    torch.testing.assert_close(r.E[perm], b.y - y_pre)  # written unmasked, from the pre-step output
+    rest = torch.ones(20, dtype=torch.bool)
+    rest[perm] = False
+    torch.testing.assert_close(r.E[rest], E0[rest])
+
+
+def test_pepita_update_equals_formula():
+    m = net("ce", act="relu", sizes=(6, 5, 4, 3), bias=False)
+    b = batch()
+    r = setup_rule({"name": "pepita", "keep": 1.0}, m)
+    r.step(m, b)
+    W = [lin.weight for lin in m.layers]
+    relu = torch.relu
+    h1 = relu(b.x @ W[0].T); h2 = relu(h1 @ W[1].T); y = h2 @ W[2].T
+    e = torch.softmax(y, 1) - b.y
+    xm = b.x + e @ r.F.T
+    m1 = relu(xm @ W[0].T); m2 = relu(m1 @ W[1].T); ym = m2 @ W[2].T
+    em = torch.softmax(ym, 1) - b.y
+    B = len(b.x)
+    exp = [(h1 - m1).T @ xm / B, (h2 - m2).T @ m1 / B, em.T @ m2 / B]
+    for lin, g in zip(m.layers, exp):
+        torch.testing.assert_close(lin.weight.grad, g)
+    bound = math.sqrt(6 / 6) * 0.05
+    assert r.F.abs().max() <= bound and r.F.shape == (6, 3)
+
+
+def test_pepita_uses_the_same_dropout_mask_in_both_passes():
+    m = net("ce", act="relu", bias=False)
+    r = setup_rule({"name": "pepita", "keep": 0.5}, m)
+    b = batch(n=1)
+    r.step(m, b)
+    # a unit dropped in pass 1 is dropped in pass 2 too, so its row of the first-layer update is 0
+    torch.manual_seed(123)
+    masks = r.masks(m, len(b.x), b.x.device)
+    torch.manual_seed(123)
+    r.step(m, b)
+    dead = (masks[0] == 0).all(0)
+    assert dead.any()
+    assert torch.all(m.layers[0].weight.grad[dead] == 0)
+
+
+def test_feedback_initialisations():
+    torch.manual_seed(0)
+    k = feedback_matrix("kaiming_uniform", 10, 500)
+    assert k.abs().max() <= 1 / math.sqrt(500) + 1e-9 and k.abs().max() > 0.9 / math.sqrt(500)
+    assert set(feedback_matrix("trinomial", 10, 500).unique().tolist()) == {-1.0, 0.0, 1.0}
+    assert set(feedback_matrix("binomial", 10, 500).unique().tolist()) == {0.0, 1.0}
+    p = feedback_matrix("pm_identity", 10, 500)
+    for j in (0, 7, 10, 19, 20, 499):
+        col = torch.zeros(10)
+        col[j % 10] = 1.0 if (j % 20) < 10 else -1.0
+        torch.testing.assert_close(p[:, j], col.to(p.dtype))
+    p2 = feedback_matrix("pm_identity", 3, 8)  # not a multiple of 2C: first columns of the pattern
+    torch.testing.assert_close(p2[:, 6:], p2[:, :2])
+
+
+def test_dloss_dy_matches_autograd_bce_clamp():
+    y = torch.tensor([[1e-20, 0.5, 1 - 1e-16]])
+    t = torch.tensor([[1.0, 0.0, 0.0]])
+    yy = y.clone().requires_grad_(True)
+    torch.testing.assert_close(dloss_dy("bce", y, t), torch.autograd.grad(loss_value("bce", yy, t), yy)[0])
+
+
+def test_peak_memory_tracker_counts_allocations_only():
+    from repro.bench import PeakTensorMemory
+    torch.set_default_dtype(torch.float32)  # restored by the fixture
+    a = torch.zeros(1000)
+    with PeakTensorMemory() as m:
+        a.add_(1)  # in place: no allocation
+        v = a[:10]  # view of existing memory
+        b = torch.ones(256)  # 1 KiB
+        del b
+        c = torch.ones(512)  # 2 KiB, after b was freed
+    assert m.peak == 2048 and v.shape == (10,) and c.numel() == 512

@@ -1,0 +1,146 @@
+"""Engine: determinism, run cache, resume after a kill, divergence, weights, bad parameters."""
+import json
+
+import pytest
+import torch
+
+from repro import train as T
+from repro.models import ConfigError
+from repro.train import RunStore, normalize_config, run_key, sweep
+
+from conftest import tiny_data
+
+
+def cfg(rule=None, **kw):
+    c = {"dataset": {"name": "mnist", "n_train": 64, "n_test": 32},
+         "model": {"width": 8, "depth": 2}, "rule": rule or {"name": "f3"},
+         "optim": {"name": "adam", "lr": 1e-2}, "epochs": 2, "batch_size": 16, "seed": 3}
+    c.update(kw)
+    return c
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """Every run trains on the same tiny synthetic classification set (no files needed)."""
+    d = tiny_data(n_in=784, n_out=10)
+    calls = []
+
+    def fake_load(c, dev):
+        calls.append(c)
+        return d
+    monkeypatch.setattr(T, "load_data", fake_load)
+    monkeypatch.setattr(T, "_steps", lambda c: 8)
+    return calls
+
+
+def metrics(rec):
+    """Per-epoch metrics without wall-clock times."""
+    return [{k: v for k, v in h.items() if not k.startswith("time")} for h in rec["history"]]
+
+
+@pytest.mark.parametrize("rule", [{"name": "bp"}, {"name": "dfa"}, {"name": "f3"}, {"name": "pepita"}])
+def test_same_config_gives_bitwise_equal_metrics(tiny, rule):
+    c = cfg(rule) if rule["name"] != "pepita" else cfg(rule, model={"width": 8, "act": "relu", "loss": "ce", "bias": False})
+    a, b = metrics(T.train(c).record), metrics(T.train(c).record)
+    assert a == b
+    c2 = dict(c, seed=4)
+    assert metrics(T.train(c2).record) != a
+
+
+def test_f3_epoch_one_equals_drtp(tiny):
+    ra = T.train(cfg({"name": "f3"}, epochs=1))
+    rb = T.train(cfg({"name": "drtp"}, epochs=1))
+    for p, q in zip(ra.model.parameters(), rb.model.parameters()):
+        assert torch.equal(p, q)
+    r2a = T.train(cfg({"name": "f3"}, epochs=2)).record["history"][2]
+    r2b = T.train(cfg({"name": "drtp"}, epochs=2)).record["history"][2]
+    assert r2a["test_loss"] != r2b["test_loss"]  # and they separate afterwards
+
+
+def test_run_key_covers_the_full_config():
+    base = cfg()
+    assert run_key(base) == run_key(json.loads(json.dumps(base)))
+    assert run_key(base) == run_key({**base, "tags": {"note": "ignored"}})
+    for change in ({"seed": 4}, {"epochs": 3}, {"rule": {"name": "f3", "error_info": "delayed_loss"}},
+                   {"optim": {"name": "adam", "lr": 2e-2}}, {"dataset": {"name": "mnist", "n_train": 65}}):
+        assert run_key({**base, **change}) != run_key(base)
+    assert run_key(base) == run_key({**base, "model": {"width": 8, "depth": 2, "act": "tanh"}})  # a default
+
+
+def test_cache_skips_finished_runs_and_saves_weights(tiny, tmp_path):
+    store = RunStore(tmp_path / "runs", tmp_path / "w")
+    cs = [cfg(seed=s) for s in (1, 2)]
+    recs = sweep(cs, store, progress=False)
+    n = len(tiny)
+    assert all(r["status"] == "ok" for r in recs) and n == 2
+    assert sweep(cs, store, progress=False) == recs and len(tiny) == n  # nothing retrained
+    model, rule_state = store.load_weights(cs[0])
+    trained = T.train(cs[0]).model
+    for p, q in zip(model.parameters(), trained.parameters()):
+        assert torch.equal(p, q)
+    assert set(rule_state) == {"B0", "B1"}
+
+
+def test_killed_sweep_resumes_without_redoing_or_corrupting(tiny, tmp_path, monkeypatch):
+    store = RunStore(tmp_path / "runs", tmp_path / "w")
+    cs = [cfg(seed=s) for s in (1, 2, 3)]
+    real = T.train
+    state = {"n": 0}
+
+    def dying(c, **kw):
+        state["n"] += 1
+        if state["n"] == 2:
+            raise KeyboardInterrupt  # the process is killed while training the second run
+        return real(c, **kw)
+    monkeypatch.setattr(T, "train", dying)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(cs, store, progress=False)
+    (store.runs / f".{run_key(cs[1])}.json.tmp").write_text("{partial")  # debris of a kill
+    assert store.get(cs[0]) is not None and store.get(cs[1]) is None
+    monkeypatch.setattr(T, "train", real)
+    before = len(tiny)
+    recs = sweep(cs, store, progress=False)
+    assert len(tiny) - before == 2 and all(r["status"] == "ok" for r in recs)
+
+
+def test_diverging_run_is_recorded_and_sweep_goes_on(tiny, tmp_path):
+    store = RunStore(tmp_path / "runs", tmp_path / "w")
+    bad = cfg({"name": "bp"}, optim={"name": "sgd", "lr": 1e30}, model={"width": 8, "loss": "mse"}, epochs=5)
+    good = cfg(seed=9)
+    r_bad, r_good = sweep([bad, good], store, progress=False)
+    assert r_bad["status"] == "diverged" and r_bad["summary"]["epochs_done"] < 5
+    assert r_good["status"] == "ok"
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"rule": {"name": "backprop"}}, "rule.name='backprop'"),
+    ({"rule": {"name": "f3", "error_info": "delayed"}}, "rule.error_info='delayed'"),
+    ({"rule": {"name": "dfa", "feedback_init": "gauss"}}, "rule.feedback_init='gauss'"),
+    ({"rule": {"name": "dfa", "lr": 1}}, "unknown parameter"),
+    ({"optim": {"name": "adam", "lr": -1}}, "optim.lr=-1"),
+    ({"optim": {"name": "rmsprop"}}, "optim.name='rmsprop'"),
+    ({"epochs": -1}, "epochs=-1"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"model": {"act": "swish"}}, "act='swish'"),
+    ({"model": {"width": 0}}, "model.width=0"),
+    ({"lr": 1}, "unknown config key"),
+])
+def test_bad_parameters_give_one_clear_line(tiny, change, match):
+    with pytest.raises(ConfigError, match=match) as ei:
+        T.train(cfg(**change) if "rule" not in change else cfg(change["rule"]))
+    assert "\n" not in str(ei.value)
+
+
+def test_bad_device():
+    with pytest.raises(ConfigError, match="device="):
+        T.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            T.resolve_device("cuda")
+
+
+def test_cli_reports_bad_input_in_one_line(capsys):
+    from repro.__main__ import main
+    assert main(["sweep", "no_such_section"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: section='no_such_section'") and err.count("\n") == 1
