@@ -10,7 +10,7 @@ ifneq ($(wildcard ../shared/datasets/mnist),)
 export REPRO_DATA_MIRROR ?= $(abspath ../shared/datasets)
 endif
 
-.PHONY: setup fetch figures test smoke check bench readme-table clean-smoke
+.PHONY: setup fetch figures test smoke check bench readme
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -47,5 +47,5 @@ check: setup  ## claims table: reported vs reproduced (exit 1 on an unexpected m
 bench: setup  ## per-rule epoch time and peak memory relative to BP
 	$(BIN)/python -m repro bench --out results/bench.json
 
-readme-table: setup  ## print the claims table in Markdown (pasted into README.md between the markers)
-	$(BIN)/python -m repro check --markdown
+readme: setup  ## rewrite README.md's claims/benchmark tables from the committed results
+	$(BIN)/python -m repro readme

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check", help="claims table: reported vs reproduced; exit 1 on an unexpected miss")
     c.add_argument("--claims", default="claims.yaml")
     c.add_argument("--markdown", action="store_true", help="print the README table")
+    sub.add_parser("readme", help="rewrite README.md's claims and benchmark tables from committed results")
     b = sub.add_parser("bench", help="time one training epoch and peak memory per rule vs BP")
     b.add_argument("--quick", action="store_true", help="fewer steps (CI)")
     b.add_argument("--out", default=None, help="write the table as JSON here")
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "check":
             from .claims import main as check_main
             return check_main(a.claims, as_markdown=a.markdown)
+        elif a.cmd == "readme":
+            from .claims import update_readme
+            update_readme()
         elif a.cmd == "bench":
             from .bench import main as bench_main
             return bench_main(quick=a.quick, out=a.out)

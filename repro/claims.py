@@ -126,3 +126,23 @@ def main(claims_file: str = "claims.yaml", as_markdown: bool = False, root: str 
     if bad:
         print("failing: " + ", ".join(bad))
     return 1 if bad else 0
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"README has no {start} … {end} block")
+    head, rest = text.split(start, 1)
+    return head + start + "\n" + body.strip() + "\n" + end + rest.split(end, 1)[1]
+
+
+def update_readme(readme: str | Path = "README.md", claims_file: str | Path = "claims.yaml",
+                  bench_json: str | Path = "results/bench.json") -> None:
+    """Rewrite the README's claims table (and benchmark table, if measured) from committed results."""
+    p = Path(readme)
+    text = replace_block(p.read_text(), "claims", markdown(table(claims_file, p.parent)))
+    b = Path(bench_json)
+    if b.is_file():
+        from .bench import markdown as bench_md
+        text = replace_block(text, "bench", bench_md(json.loads(b.read_text())))
+    p.write_text(text)
