@@ -8,10 +8,11 @@ from .bp import BP
 from .dfa import DFA
 from .drtp import DRTP
 from .f3 import F3
+from .foton import FOTON
 from .llo import LLO
 from .pepita import PEPITA
 
-RULES: dict[str, type[Rule]] = {r.name: r for r in (BP, LLO, DFA, DRTP, F3, PEPITA)}
+RULES: dict[str, type[Rule]] = {r.name: r for r in (BP, LLO, DFA, DRTP, F3, PEPITA, FOTON)}
 
 # Paper names -> (rule, parameters). Figures and claims use these labels.
 ALIASES: dict[str, tuple[str, dict]] = {
@@ -20,6 +21,7 @@ ALIASES: dict[str, tuple[str, dict]] = {
     "DFA": ("dfa", {}),
     "DRTP": ("drtp", {}),
     "PEPITA": ("pepita", {}),
+    "FOTON": ("foton", {}),
     "F3-Error": ("f3", {"error_info": "delayed_error"}),
     "F3-Loss": ("f3", {"error_info": "delayed_loss"}),
     "F3-Error+OneHot": ("f3", {"error_info": "delayed_error_one_hot"}),

@@ -1,0 +1,110 @@
+"""FOTON: Forward-Only Training of Orthogonal Networks (arXiv 2512.20668), foton.md §2.3–2.6, for MLPs.
+
+Two forward passes, no backward pass and no autograd graph. With the "FF matrix" 𝔽 = W_L ⋯ W_1 (C×d0),
+the input is modulated as ``x̃ = x − E 𝔽`` (E = softmax(τY) − T for CE, Y − T for MSE) and each hidden
+layer's update is ``(h_l − h̃_l)ᵀ h_{l−1} / B`` with the *clean* presynaptic activity; the output layer
+gets ``Eᵀ h_{L−1} / B``, the exact BP gradient of the mean CE loss (for MSE, of ½·Σ_outputs (Y − T)²
+averaged over the batch: C/2 times PyTorch's mean MSE gradient). For linear nets whose weights have
+orthonormal rows (non-increasing widths) this equals BP exactly, because W_k W_kᵀ = I cancels.
+
+After every ``ortho_every`` steps all layers are projected back to (semi-)orthogonal matrices with
+Björck iterations (§2.4), then every ``ff_every`` steps 𝔽 is recomputed (0 = frozen at init).
+Dropout masks (keep probability ``keep``) are shared by both passes. Build the model with
+``init: orthogonal`` and ``bias: false`` as the authors do.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..models import ConfigError, loss_value
+from .base import Batch, Rule, StepOut, set_grad
+
+
+@torch.no_grad()
+def bjorck(w: torch.Tensor, iters: int = 20, beta: float = 0.5, power_iters: int = 20) -> torch.Tensor:
+    """First-order Björck orthonormalisation towards the polar factor U Vᵀ (a wide matrix ends with
+    orthonormal rows). The largest singular value comes from power iteration with a fixed start vector,
+    so the projection is deterministic and draws nothing from the RNG."""
+    flip = w.shape[0] < w.shape[1]
+    a = w.t() if flip else w  # tall: n >= m
+    v = torch.ones(a.shape[1], dtype=a.dtype, device=a.device) / a.shape[1] ** 0.5
+    for _ in range(power_iters):
+        v = a.t() @ (a @ v)
+        v = v / v.norm().clamp_min(1e-30)
+    s = (a @ v).norm().clamp_min(1e-30)
+    # power iteration underestimates σ_max slightly; a 1 % margin keeps every singular value ≤ 1
+    a = a / (s * 1.01)
+    for _ in range(iters):
+        a = (1 + beta) * a - beta * a @ (a.t() @ a)
+    return a.t() if flip else a
+
+
+def ff_matrix(model) -> torch.Tensor:
+    """𝔽 = W_L ⋯ W_1 (C × d0)."""
+    f = model.layers[0].weight
+    for lin in model.layers[1:]:
+        f = lin.weight @ f
+    return f.detach().clone()
+
+
+class FOTON(Rule):
+    name = "foton"
+    PARAMS = {"ortho_every": 1, "ff_every": 1, "bjorck_iters": 20, "keep": 0.9, "tau": 1.0}
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        for k in ("ortho_every", "ff_every", "bjorck_iters"):
+            v = self.params[k]
+            if not isinstance(v, int) or v < 0:
+                raise ConfigError(f"rule.{k}={v!r} must be a non-negative integer (0 = never)")
+        if not 0 < self.params["keep"] <= 1:
+            raise ConfigError(f"rule.keep={self.params['keep']!r} must be in (0, 1]")
+
+    def setup(self, model, n_train):
+        if any(lin.bias is not None for lin in model.layers):
+            raise ConfigError("rule 'foton' needs model.bias=false (the authors' bias update is undefined)")
+        self.FF = ff_matrix(model)
+        self.t = 0
+
+    def masks(self, model, batch_size, device):
+        keep = self.params["keep"]
+        if keep >= 1.0:
+            return None
+        return [torch.bernoulli(torch.full((batch_size, n), keep, device=device)) / keep
+                for n in model.sizes[1:-1]]
+
+    def error(self, model, y, t):
+        if model.loss == "ce":
+            return torch.softmax(self.params["tau"] * y, dim=1) - t
+        if model.loss == "mse":
+            return y - t
+        raise ConfigError(f"rule 'foton' supports model.loss 'ce' or 'mse', not {model.loss!r}")
+
+    @torch.no_grad()
+    def step(self, model, batch: Batch) -> StepOut:
+        x, t = batch.x, batch.y
+        m = self.masks(model, x.shape[0], x.device)
+        _, hs = model.forward_all(x, m)
+        e = self.error(model, hs[-1], t)
+        _, hm = model.forward_all(x - e @ self.FF, m)
+        B = x.shape[0]
+        L = len(model.layers)
+        for i, lin in enumerate(model.layers):
+            if i < L - 1:
+                set_grad(lin.weight, (hs[i + 1] - hm[i + 1]).t() @ hs[i] / B)
+            else:
+                set_grad(lin.weight, e.t() @ hs[i] / B)
+        return StepOut(loss_value(model.loss, hs[-1], t), hs[-1])
+
+    @torch.no_grad()
+    def after_step(self, model, batch, out):
+        self.t += 1
+        p = self.params
+        if p["ortho_every"] and self.t % p["ortho_every"] == 0:
+            for lin in model.layers:
+                lin.weight.copy_(bjorck(lin.weight, p["bjorck_iters"]))
+        if p["ff_every"] and self.t % p["ff_every"] == 0:
+            self.FF = ff_matrix(model)
+
+    def state_dict(self):
+        return {"FF": self.FF}

@@ -1,0 +1,103 @@
+"""FOTON (issue #3): exact equivalence with BP for linear orthogonal nets, Björck, last layer, schedule."""
+import copy
+
+import pytest
+import torch
+
+from repro.models import MLP, loss_value
+from repro.rules import Batch, make_rule
+from repro.rules.foton import bjorck, ff_matrix
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def setup(sizes, act="identity", loss="ce", **rule):
+    torch.manual_seed(0)
+    m = MLP(list(sizes), act=act, loss=loss, bias=False, init="orthogonal")
+    r = make_rule({"name": "foton", "keep": 1.0, **rule})
+    r.setup(m, 100)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16, sizes[0], generator=g)
+    t = torch.nn.functional.one_hot(torch.randint(0, sizes[-1], (16,), generator=g), sizes[-1]).double()
+    return m, r, Batch(torch.arange(16), x, t)
+
+
+def bp_grads(m, b):
+    ref = copy.deepcopy(m).requires_grad_(True)
+    return torch.autograd.grad(loss_value(ref.loss, ref(b.x), b.y), [l.weight for l in ref.layers])
+
+
+def cos(a, b):
+    return float((a * b).sum() / a.norm() / b.norm())
+
+
+@pytest.mark.parametrize("sizes", [(64, 64, 64, 64, 64, 10), (784, 256, 256, 128, 10), (30, 20, 10)])
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_linear_orthogonal_foton_equals_bp(sizes, loss):
+    m, r, b = setup(sizes, loss=loss)
+    r.step(m, b)
+    # CE: E/B is ∂(mean CE)/∂Y. MSE: E = Y − T is the gradient of ½·Σ_outputs (Y − T)², i.e. C/2 times
+    # the gradient of PyTorch's mean MSE: same direction, constant scale.
+    scale = 1.0 if loss == "ce" else sizes[-1] / 2
+    for lin, g in zip(m.layers, bp_grads(m, b)):
+        assert cos(lin.weight.grad, g) >= 1 - 1e-5
+        torch.testing.assert_close(lin.weight.grad, scale * g, rtol=1e-9, atol=1e-12)
+
+
+def test_expanding_layer_breaks_the_identity():
+    m, r, b = setup((64, 128, 128, 10))
+    r.step(m, b)
+    cs = [cos(l.weight.grad, g) for l, g in zip(m.layers, bp_grads(m, b))]
+    assert min(cs[:2]) < 0.95 and cs[-1] > 1 - 1e-9
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_last_layer_is_the_bp_gradient_for_any_activation(act):
+    m, r, b = setup((40, 30, 20, 10), act=act)
+    r.step(m, b)
+    torch.testing.assert_close(m.layers[-1].weight.grad, bp_grads(m, b)[-1])
+
+
+@pytest.mark.parametrize("shape", [(10, 50), (50, 10), (32, 32)])
+def test_bjorck_gives_orthonormal_rows_or_columns(shape):
+    torch.manual_seed(0)
+    w = torch.randn(*shape)
+    q = bjorck(w, iters=30)
+    gram = q @ q.t() if shape[0] <= shape[1] else q.t() @ q
+    torch.testing.assert_close(gram, torch.eye(min(shape)), atol=1e-6, rtol=0)
+    u, _, vh = torch.linalg.svd(w, full_matrices=False)  # the polar factor, exact
+    torch.testing.assert_close(q, u @ vh, atol=1e-6, rtol=0)
+
+
+def test_orthogonalisation_and_ff_refresh_frequencies():
+    m, r, b = setup((20, 15, 10), ortho_every=2, ff_every=3)
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    ff0 = r.FF.clone()
+    for step in range(1, 7):
+        out = r.step(m, b)
+        opt.step()
+        r.after_step(m, b, out)
+        w = m.layers[0].weight
+        orth = torch.allclose(w @ w.t(), torch.eye(15), atol=1e-6)
+        assert orth == (step % 2 == 0)
+        if step < 3:
+            torch.testing.assert_close(r.FF, ff0)
+        if step in (3, 6):
+            torch.testing.assert_close(r.FF, ff_matrix(m))
+
+
+def test_foton_rejects_bias_and_bad_frequency():
+    from repro.models import ConfigError
+    with pytest.raises(ConfigError, match="rule.ortho_every=-1"):
+        make_rule({"name": "foton", "ortho_every": -1})
+    m = MLP([5, 4, 3], loss="ce", bias=True)
+    with pytest.raises(ConfigError, match="bias=false"):
+        make_rule({"name": "foton"}).setup(m, 10)
