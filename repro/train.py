@@ -45,6 +45,7 @@ DEFAULTS = {
     "epochs": 1,
     "batch_size": 50,
     "seed": 1,
+    "align_every": 0,  # measure per-layer cosine(update, BP gradient) every n steps; 0 = off
 }
 EVAL_BATCH = 10_000
 
@@ -70,7 +71,7 @@ def normalize_config(cfg: dict) -> dict:
                 out[k].update(v)
         else:
             out[k] = v
-    for k in ("epochs", "batch_size", "seed"):
+    for k in ("epochs", "batch_size", "seed", "align_every"):
         if not isinstance(out[k], int) or isinstance(out[k], bool) or out[k] < (0 if k != "batch_size" else 1):
             raise ConfigError(f"{k}={out[k]!r} must be a {'positive' if k == 'batch_size' else 'non-negative'} integer")
     check_choice("optim.name", out["optim"]["name"], ("adam", "sgd"))
@@ -80,8 +81,16 @@ def normalize_config(cfg: dict) -> dict:
     return out
 
 
+# Settings added after runs were cached: left out of the key while at their default, so every
+# existing run keeps its key (a new setting must not invalidate the run cache).
+OMIT_FROM_KEY_IF_DEFAULT = {"align_every": 0}
+
+
 def run_key(cfg: dict) -> str:
     c = normalize_config(cfg)
+    for k, v in OMIT_FROM_KEY_IF_DEFAULT.items():
+        if c.get(k) == v:
+            c.pop(k)
     blob = json.dumps({"v": CACHE_VERSION, **c}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -106,6 +115,19 @@ def make_optimizer(params, o: dict):
         opt = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, o["milestones"], o["gamma"]) if o["milestones"] else None
     return opt, sched
+
+
+def bp_alignment(model, batch: Batch, masks=None) -> list[float]:
+    """Per-layer cosine between the update a rule just wrote into ``.grad`` and the true BP gradient of
+    the batch-mean loss, on the same batch, with the same dropout masks and the pre-update weights."""
+    ref = copy.deepcopy(model).requires_grad_(True)
+    _, hs = ref.forward_all(batch.x, masks)
+    g = torch.autograd.grad(loss_value(ref.loss, hs[-1], batch.y), [lin.weight for lin in ref.layers])
+    out = []
+    for lin, gi in zip(model.layers, g):
+        u = lin.weight.grad
+        out.append(float("nan") if u is None else float((u * gi).sum() / (u.norm() * gi.norm()).clamp_min(1e-30)))
+    return out
 
 
 @torch.no_grad()
@@ -171,20 +193,27 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
         return all(math.isfinite(v) for v in (tr["loss"], te["loss"], train_loss or 0.0))
 
     record_epoch(0, None, 0.0)
+    step_no = 0
     for epoch in range(1, cfg["epochs"] + 1):
         ts = time.perf_counter()
         perm = torch.randperm(n, generator=shuffle).to(dev)
         loss_sum = torch.zeros((), device=dev)
+        aligns = []
         for s in range(0, n, bs):
             idx = perm[s:s + bs]
             batch = Batch(idx, data.x_train[idx], data.y_train[idx])
             out = rule.step(model, batch)
+            step_no += 1
+            if cfg["align_every"] and step_no % cfg["align_every"] == 0:
+                aligns.append(bp_alignment(model, batch, out.extras.get("masks")))
             opt.step()
             rule.after_step(model, batch, out)
             loss_sum += out.loss * len(idx)
         if sched is not None:
             sched.step()
         ok = record_epoch(epoch, float(loss_sum) / n, time.perf_counter() - ts)
+        if aligns:
+            history[-1]["align_cos"] = [float(v) for v in torch.tensor(aligns).nanmean(0)]
         if progress is not None:
             progress(-(-n // bs))
         if not ok:

@@ -144,3 +144,39 @@ def test_cli_reports_bad_input_in_one_line(capsys):
     assert main(["sweep", "no_such_section"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: section='no_such_section'") and err.count("\n") == 1
+
+
+def test_alignment_is_one_for_bp_and_measured_on_pre_update_weights(tiny):
+    rec = T.train(cfg({"name": "bp"}, align_every=1, epochs=1)).record
+    assert all(abs(c - 1) < 1e-5 for c in rec["history"][1]["align_cos"])
+    rec = T.train(cfg({"name": "dfa"}, align_every=2, epochs=1)).record
+    cs = rec["history"][1]["align_cos"]
+    assert abs(cs[-1] - 1) < 1e-5 and all(abs(c) < 1 - 1e-3 for c in cs[:-1])  # output layer exact
+    assert run_key(cfg(align_every=2)) != run_key(cfg())
+
+
+def test_alignment_uses_the_rules_dropout_masks():
+    """FOTON, linear orthogonal net, dropout on: BP with the same masks is matched exactly."""
+    from repro.models import MLP
+    from repro.rules import make_rule
+    from repro.rules.base import Batch
+    torch.manual_seed(0)
+    m = MLP([32, 32, 32, 10], act="identity", loss="ce", bias=False, init="orthogonal")
+    r = make_rule({"name": "foton", "keep": 0.5})
+    r.setup(m, 10)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(8, 32)
+    t = torch.nn.functional.one_hot(torch.randint(0, 10, (8,)), 10).float()
+    out = r.step(m, Batch(torch.arange(8), x, t))
+    cs = T.bp_alignment(m, Batch(torch.arange(8), x, t), out.extras["masks"])
+    assert cs[-1] > 1 - 1e-5 and min(cs) > 0.5
+
+
+def test_committed_runs_keep_their_keys():
+    """Every committed run record re-derives its own key from its stored config with today's code."""
+    from pathlib import Path
+    recs = sorted(Path(__file__).resolve().parents[1].glob("results/*/runs/*.json"))
+    for p in recs[:200]:
+        r = json.loads(p.read_text())
+        assert run_key(r["config"]) == r["key"] == p.stem, p

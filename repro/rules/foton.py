@@ -94,7 +94,7 @@ class FOTON(Rule):
                 set_grad(lin.weight, (hs[i + 1] - hm[i + 1]).t() @ hs[i] / B)
             else:
                 set_grad(lin.weight, e.t() @ hs[i] / B)
-        return StepOut(loss_value(model.loss, hs[-1], t), hs[-1])
+        return StepOut(loss_value(model.loss, hs[-1], t), hs[-1], {"masks": m})
 
     @torch.no_grad()
     def after_step(self, model, batch, out):

@@ -58,7 +58,7 @@ class PEPITA(Rule):
             set_grad(lin.weight, g)
             if lin.bias is not None:
                 set_grad(lin.bias, gb)
-        return StepOut(loss_value(model.loss, hs[-1], t), hs[-1])
+        return StepOut(loss_value(model.loss, hs[-1], t), hs[-1], {"masks": m})
 
     def state_dict(self):
         return {"F": self.F}
