@@ -120,7 +120,7 @@ def regression_metrics(fin: pd.DataFrame) -> dict:
     m = {}
     for ds in ("sgemm", "wine_quality"):
         per = _final_by(fin, "final_test_loss", ds)
-        m[ds] = {"test_mse": per}
+        m[ds] = {"test_mse": per, "best_test_mse": _final_by(fin, "best_test_loss", ds)}
         bp, drtp = per.get("BP", {}).get("mean"), per.get("DRTP", {}).get("mean")
         if bp is not None and drtp is not None:
             m[ds]["gap_closed"] = {a: gap_closed(drtp, per[a]["mean"], bp) for a in per if a.startswith("F3") and "mean" in per[a]}
@@ -189,32 +189,47 @@ def plot_curves(hist: pd.DataFrame, metric: str = "test_loss", col: str = "datas
     return fig
 
 
+def _paper_stars(ax, present: list[str], reported: dict, alias: dict | None = None) -> None:
+    first = True
+    for a, v in reported.items():
+        a = (alias or {}).get(a, a)
+        if a in present:
+            ax.scatter([present.index(a)], [v], marker="*", s=160, c="gold", edgecolors="k", zorder=6,
+                       label="paper" if first else None)
+            first = False
+
+
 def plot_gap(fin: pd.DataFrame, metrics: dict, order: list[str]):
-    """Headline: final test MSE per algorithm (mean ± std over seeds), BP as reference, gap closed."""
+    """Headline: final test MSE per algorithm (mean ± std over seeds, dots = seeds), our BP as a dashed
+    line, the paper's values as gold stars, and the gap closed by each F³ variant in a box."""
     dss = [d for d in ("sgemm", "wine_quality") if d in set(fin.dataset)]
-    fig, axes = plt.subplots(1, len(dss), figsize=(6 * len(dss), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(dss), figsize=(6.2 * len(dss), 5.2), squeeze=False)
     for ax, ds in zip(axes[0], dss):
         d = fin[(fin.dataset == ds) & (fin.status == "ok")]
         present = [a for a in order if a in set(d.algorithm)]
-        sns.barplot(d, x="algorithm", y="final_test_loss", order=present, errorbar="sd", ax=ax,
-                    hue="algorithm", palette=PALETTE, legend=False)
-        sns.stripplot(d, x="algorithm", y="final_test_loss", order=present, color="k", size=3, ax=ax)
+        sns.stripplot(d, x="algorithm", y="final_test_loss", order=present, hue="algorithm", palette=PALETTE,
+                      size=4, alpha=0.6, jitter=0.15, ax=ax, legend=False)
+        sns.pointplot(d, x="algorithm", y="final_test_loss", order=present, errorbar="sd", linestyle="none",
+                      color="k", markers="_", markersize=18, capsize=0.25, ax=ax)
         bp = metrics[ds]["test_mse"].get("BP", {}).get("mean")
         if bp is not None:
             ax.axhline(bp, ls="--", c="k", lw=1, label=f"BP (ours) {bp:.3g}")
-        for a, v in REPORTED[ds].items():
-            ax.scatter([present.index(a if a != "F3" else "F3-Error")] if (a if a != "F3" else "F3-Error") in present else [],
-                       [v] if (a if a != "F3" else "F3-Error") in present else [], marker="*", s=120, c="gold",
-                       edgecolors="k", zorder=5, label="paper" if a == "BP" else None)
+        _paper_stars(ax, present, REPORTED[ds], {"F3": "F3-Error"})
         if ds == "sgemm":
             ax.set_yscale("log")
-        for a, g in metrics[ds].get("gap_closed", {}).items():
-            if a in present:
-                ax.annotate(f"gap closed\n{g:.1f} %", (present.index(a), d[d.algorithm == a].final_test_loss.mean()),
-                            textcoords="offset points", xytext=(0, 14), ha="center", fontsize=8)
-        ax.set_title(f"{ds}: final test MSE (standardised); paper gap {REPORTED['gap_closed'][ds]} %")
+        gaps = metrics[ds].get("gap_closed", {})
+        spread = metrics[ds].get("gap_closed_per_seed", {})
+        lines = [f"gap closed (DRTP → BP), paper {REPORTED['gap_closed'][ds]} %"]
+        for a, g in gaps.items():
+            sd = spread.get(a, {})
+            lines.append(f"{a}: {g:.1f} %" + (f" (per seed {sd['mean']:.1f} ± {sd['std']:.1f})" if sd.get("n", 0) > 1 else ""))
+        ax.text(0.5, -0.1, "\n".join(lines), transform=ax.transAxes, fontsize=8.5, va="top", ha="center",
+                bbox={"boxstyle": "round", "fc": "whitesmoke", "ec": "0.7"})
+        n = int(d.groupby("algorithm").size().max()) if len(d) else 0
+        ax.set_title(f"{ds}: final test MSE (standardised), {n} seed(s)")
         ax.set_ylabel("test MSE")
-        ax.legend(fontsize=7)
+        ax.set_xlabel("")
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
 
@@ -222,17 +237,15 @@ def plot_gap(fin: pd.DataFrame, metrics: dict, order: list[str]):
 def plot_mnist_error(fin: pd.DataFrame, order: list[str]):
     d = fin[fin.status == "ok"]
     present = [a for a in order if a in set(d.algorithm)]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    sns.barplot(d, x="algorithm", y="final_test_error", order=present, errorbar="sd", ax=ax, hue="algorithm",
-                palette=PALETTE, legend=False)
-    sns.stripplot(d, x="algorithm", y="final_test_error", order=present, color="k", size=3, ax=ax)
-    first = True
-    for a, v in REPORTED["mnist_error"].items():
-        if a in present:
-            ax.scatter([present.index(a)], [v], marker="*", s=140, c="gold", edgecolors="k", zorder=5,
-                       label="paper (BP: derived from the 56 % claim)" if first else None)
-            first = False
-    ax.set_ylabel("final top-1 test error (%)")
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    sns.stripplot(d, x="algorithm", y="final_test_error", order=present, hue="algorithm", palette=PALETTE,
+                  size=4, alpha=0.6, jitter=0.15, ax=ax, legend=False)
+    sns.pointplot(d, x="algorithm", y="final_test_error", order=present, errorbar="sd", linestyle="none",
+                  color="k", markers="_", markersize=18, capsize=0.25, ax=ax)
+    _paper_stars(ax, present, REPORTED["mnist_error"])
+    ax.set_yscale("log")
+    ax.set_ylabel("final top-1 test error (%)  [paper's BP star: derived]")
+    ax.set_xlabel("")
     ax.set_title("MNIST, MLP 784-500-10 (PEPITA: 784-1024-10 ReLU)")
     ax.legend(fontsize=8)
     fig.tight_layout()
