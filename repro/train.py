@@ -196,6 +196,7 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
     step_no = 0
     for epoch in range(1, cfg["epochs"] + 1):
         ts = time.perf_counter()
+        rule.begin_epoch(model, epoch)
         perm = torch.randperm(n, generator=shuffle).to(dev)
         loss_sum = torch.zeros((), device=dev)
         aligns = []

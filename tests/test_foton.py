@@ -101,3 +101,43 @@ def test_foton_rejects_bias_and_bad_frequency():
     m = MLP([5, 4, 3], loss="ce", bias=True)
     with pytest.raises(ConfigError, match="bias=false"):
         make_rule({"name": "foton"}).setup(m, 10)
+
+
+def test_pepita_wm_update_equals_formula():
+    torch.manual_seed(0)
+    m = MLP([12, 8, 6, 4], act="relu", loss="ce", bias=False)
+    r = make_rule({"name": "pepita_wm", "keep": 1.0})
+    r.setup(m, 10)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(5, 12)
+    t = torch.nn.functional.one_hot(torch.randint(0, 4, (5,)), 4).double()
+    r.step(m, Batch(torch.arange(5), x, t))
+    W = [l.weight for l in m.layers]
+    F = r.Fl[0] @ r.Fl[1] @ r.Fl[2]
+    h1 = torch.relu(x @ W[0].T); h2 = torch.relu(h1 @ W[1].T); y = h2 @ W[2].T
+    e = torch.softmax(y, 1) - t
+    xm = x - e @ F.T
+    m1 = torch.relu(xm @ W[0].T); m2 = torch.relu(m1 @ W[1].T)
+    exp = [(h1 - m1).T @ xm / 5, (h2 - m2).T @ m1 / 5, e.T @ m2 / 5]  # output: clean-pass error
+    for lin, g in zip(m.layers, exp):
+        torch.testing.assert_close(lin.weight.grad, g)
+
+
+def test_weight_mirroring_aligns_feedback_with_forward_weights_and_keeps_its_scale():
+    torch.manual_seed(0)
+    m = MLP([20, 10, 5], act="identity", loss="ce", bias=False).requires_grad_(False)
+    r = make_rule({"name": "pepita_wm", "keep": 1.0, "wmwd": 0.1})
+    r.setup(m, 10)
+    before = [cos(f, l.weight.T) for f, l in zip(r.Fl, m.layers)]
+    r.begin_epoch(m, 1)
+    assert r.mirroring
+    for _ in range(1000):
+        r.mirror_step(m, 64)
+    after = [cos(f, l.weight.T) for f, l in zip(r.Fl, m.layers)]
+    assert all(a > 0.9 for a in after) and all(abs(b) < 0.5 for b in before)
+    assert abs(float(r.feedback().std()) - r.target_std) < 1e-9
+    r.begin_epoch(m, 3)
+    assert not r.mirroring
+    r.begin_epoch(m, 10)
+    assert r.mirroring

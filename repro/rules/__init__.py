@@ -11,8 +11,9 @@ from .f3 import F3
 from .foton import FOTON
 from .llo import LLO
 from .pepita import PEPITA
+from .pepita_wm import PEPITAWM
 
-RULES: dict[str, type[Rule]] = {r.name: r for r in (BP, LLO, DFA, DRTP, F3, PEPITA, FOTON)}
+RULES: dict[str, type[Rule]] = {r.name: r for r in (BP, LLO, DFA, DRTP, F3, PEPITA, PEPITAWM, FOTON)}
 
 # Paper names -> (rule, parameters). Figures and claims use these labels.
 ALIASES: dict[str, tuple[str, dict]] = {
@@ -21,6 +22,7 @@ ALIASES: dict[str, tuple[str, dict]] = {
     "DFA": ("dfa", {}),
     "DRTP": ("drtp", {}),
     "PEPITA": ("pepita", {}),
+    "PEPITA+WM": ("pepita_wm", {}),
     "FOTON": ("foton", {}),
     "F3-Error": ("f3", {"error_info": "delayed_error"}),
     "F3-Loss": ("f3", {"error_info": "delayed_loss"}),

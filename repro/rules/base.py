@@ -65,6 +65,9 @@ class Rule:
         """Parameter groups trained one after another; default: one phase, all trainable parameters."""
         return [self.trainable(model)]
 
+    def begin_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Called before each training epoch (1-based), e.g. for schedules inside the rule."""
+
     def step(self, model: nn.Module, batch: Batch) -> StepOut:  # pragma: no cover - interface
         raise NotImplementedError
 

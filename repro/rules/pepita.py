@@ -18,7 +18,11 @@ from .base import Batch, Rule, StepOut, set_grad
 
 class PEPITA(Rule):
     name = "pepita"
-    PARAMS = {"f_scale": 0.05, "keep": 0.9, "sign": 1.0}
+    PARAMS = {"f_scale": 0.05, "keep": 0.9, "sign": 1.0, "output_error": "modulated"}
+
+    def feedback(self) -> torch.Tensor:
+        """The projection F [d0, C] used to modulate the input."""
+        return self.F
 
     def setup(self, model, n_train):
         d0, c = model.sizes[0], model.sizes[-1]
@@ -43,7 +47,7 @@ class PEPITA(Rule):
         m = self.masks(model, x.shape[0], x.device)
         _, hs = model.forward_all(x, m)
         e = self.error(model, hs[-1], t)
-        xm = x + self.params["sign"] * (e @ self.F.t())
+        xm = x + self.params["sign"] * (e @ self.feedback().t())
         _, hm = model.forward_all(xm, m)
         em = self.error(model, hm[-1], t)
         B = x.shape[0]
@@ -53,8 +57,9 @@ class PEPITA(Rule):
                 g = (hs[i + 1] - hm[i + 1]).t() @ hm[i] / B  # hm[0] = x̃
                 gb = (hs[i + 1] - hm[i + 1]).sum(0) / B
             else:
-                g = em.t() @ hm[i] / B
-                gb = em.sum(0) / B
+                eo = em if self.params["output_error"] == "modulated" else e
+                g = eo.t() @ hm[i] / B
+                gb = eo.sum(0) / B
             set_grad(lin.weight, g)
             if lin.bias is not None:
                 set_grad(lin.bias, gb)
