@@ -68,17 +68,20 @@ class PeakTensorMemory(TorchDispatchMode):
         return out
 
 
-def _setup(rule_name: str, width: int, depth: int, x: torch.Tensor, y: torch.Tensor, dev):
+def _setup(rule_name: str, width: int, depth: int, x: torch.Tensor, y: torch.Tensor, dev, foton_net: bool = False):
     torch.manual_seed(0)
-    loss = "bce"
-    model = MLP([x.shape[1]] + [width] * depth + [y.shape[1]], act="tanh", loss=loss).to(dev)
+    if foton_net:  # FOTON's default net: orthogonal init, no bias, ReLU, softmax cross-entropy
+        model = MLP([x.shape[1]] + [width] * depth + [y.shape[1]], act="relu", loss="ce", bias=False,
+                    init="orthogonal").to(dev)
+    else:
+        model = MLP([x.shape[1]] + [width] * depth + [y.shape[1]], act="tanh", loss="bce").to(dev)
     rule = make_rule({"name": rule_name})
     rule.setup(model, len(x))
     if hasattr(rule, "init_buffer"):
         rule.init_buffer(y)
     for p in model.parameters():
         p.requires_grad_(rule.needs_autograd)
-    if rule_name == "pepita":
+    if rule_name in ("pepita", "foton"):
         opt, _ = make_optimizer(rule.trainable(model), {"name": "sgd", "lr": 0.01, "momentum": 0.9,
                                                         "weight_decay": 0.0, "milestones": []})
     else:
@@ -99,8 +102,8 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
-def time_steps(rule_name, width, depth, x, y, dev, batch=50, steps=50, warmup=5) -> dict:
-    model, rule, opt = _setup(rule_name, width, depth, x, y, dev)
+def time_steps(rule_name, width, depth, x, y, dev, batch=50, steps=50, warmup=5, foton_net=False) -> dict:
+    model, rule, opt = _setup(rule_name, width, depth, x, y, dev, foton_net)
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(x), generator=g).to(dev)
     idxs = [perm[(i * batch) % (len(x) - batch):][:batch] for i in range(warmup + steps + 1)]
@@ -171,9 +174,18 @@ def run(quick: bool = False, device: str = "auto") -> dict:
                          "time_vs_bp": res["ms_per_step"] / base["ms_per_step"],
                          "mem_vs_bp": res["peak_mb"] / base["peak_mb"] if base["peak_mb"] else float("nan")})
     epochs = {r: full_epoch(r, x, y, xt, yt, lt, ltr, dev) for r in ("bp", "f3")} if not quick else {}
+    foton = []
+    for layers in (2, 10, 50):  # weight layers; FOTON's defaults: width 256, batch 256, Björck every step
+        n = max(2, steps // (1 if layers < 50 else 10))
+        base = None
+        for r in ("bp", "foton"):
+            res = time_steps(r, 256, layers - 1, x, y, dev, batch=256, steps=n, warmup=2, foton_net=True)
+            base = base or res
+            foton.append({"layers": layers, "rule": r, **res, "time_vs_bp": res["ms_per_step"] / base["ms_per_step"],
+                          "mem_vs_bp": res["peak_mb"] / base["peak_mb"]})
     return {"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "data": src, "steps_timed": steps,
-            "rows": rows, "full_epoch_s": epochs, "authors_epoch_s": AUTHORS_EPOCH_S}
+            "rows": rows, "full_epoch_s": epochs, "authors_epoch_s": AUTHORS_EPOCH_S, "foton": foton}
 
 
 def markdown(res: dict) -> str:
@@ -184,6 +196,13 @@ def markdown(res: dict) -> str:
     for r in res["rows"]:
         lines.append(f"| {r['width']} | {r['depth']} | {r['rule']} | {r['ms_per_step']:.2f} | {r['epoch_s']:.1f} | "
                      f"{r['time_vs_bp']:.2f} | {r['peak_mb']:.2f} | {r['mem_vs_bp']:.2f} |")
+    if res.get("foton"):
+        lines += ["", "FOTON vs BP on FOTON's default net (784-256×(L−1)-10, ReLU, orthogonal, no bias; batch 256; "
+                  "FOTON with dropout 0.1, Björck (20 iterations) and 𝔽 refresh every step):", "",
+                  "| weight layers | rule | ms/step | time ÷ BP | peak MB/step | memory ÷ BP |", "|---|---|---|---|---|---|"]
+        for r in res["foton"]:
+            lines.append(f"| {r['layers']} | {r['rule']} | {r['ms_per_step']:.1f} | {r['time_vs_bp']:.2f} | "
+                         f"{r['peak_mb']:.2f} | {r['mem_vs_bp']:.2f} |")
     if res["full_epoch_s"]:
         lines += ["", "Full MNIST epoch (d=1, w=500, batch 50; training + evaluation of train and test sets):", ""]
         for k, v in res["full_epoch_s"].items():
