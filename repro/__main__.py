@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check", help="claims table: reported vs reproduced; exit 1 on an unexpected miss")
     c.add_argument("--claims", default="claims.yaml")
     c.add_argument("--markdown", action="store_true", help="print the README table")
+    mc = sub.add_parser("macs", help="FTP paper's analytic MAC counts per training sample (JSON)")
+    mc.add_argument("--out", default=None)
     sub.add_parser("readme", help="rewrite README.md's claims and benchmark tables from committed results")
     b = sub.add_parser("bench", help="time one training epoch and peak memory per rule vs BP")
     b.add_argument("--quick", action="store_true", help="fewer steps (CI)")
@@ -44,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "check":
             from .claims import main as check_main
             return check_main(a.claims, as_markdown=a.markdown)
+        elif a.cmd == "macs":
+            import json
+            from pathlib import Path
+            from .macs import all_counts
+            txt = json.dumps(all_counts(), indent=1, sort_keys=True) + "\n"
+            if a.out:
+                Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(a.out).write_text(txt)
+            print(txt, end="")
         elif a.cmd == "readme":
             from .claims import update_readme
             update_readme()

@@ -4,7 +4,8 @@ and exits 1 on a miss (a claim listed with ``expected_miss`` — a reviewed, exp
 fail the check, but one that starts passing does, so the note is removed).
 
 Claim kinds (``tolerance``): ``abs`` |v − r| ≤ t; ``rel`` |v − r| ≤ t·r; ``factor`` r/t ≤ v ≤ r·t;
-``max`` v ≤ t; ``min`` v ≥ t; ``bool`` v is ``expect``; ``info`` reported with its spread, no verdict.
+``max`` v ≤ t; ``min`` v ≥ t; ``exact`` v equals r (as printed: rounded to t decimals if t is given);
+``bool`` v is ``expect``; ``info`` reported with its spread, no verdict.
 """
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ def evaluate(claim: dict, root: Path) -> dict:
             ok = v <= t
         elif kind == "min":
             ok = v >= t
+        elif kind == "exact":  # equal as printed: to ``tolerance`` decimals, or exactly when absent
+            ok = (round(v, t) == r) if t is not None else (v == r)
         else:
             raise ValueError(f"claim {claim['id']}: kind={kind!r} is not one of abs, rel, factor, max, min, bool, info")
         if r is not None:
@@ -77,14 +80,20 @@ def tolerance_text(c: dict) -> str:
         return f"is {c.get('expect', True)}"
     if k == "info":
         return "reported with spread"
+    if k == "exact":
+        return "exact" if t is None else f"exact to {t} decimals"
     return {"abs": "± {}", "factor": "within ×{}", "max": "≤ {}", "min": "≥ {}"}[k].format(t)
 
 
-def fmt(v) -> str:
+def fmt(v, claim: dict | None = None) -> str:
+    """4 significant digits; exact claims as compared (integers in full, or to their decimals)."""
     if v is None:
         return "–"
     if isinstance(v, bool):
         return str(v)
+    if claim is not None and claim.get("kind") == "exact":
+        t = claim.get("tolerance")
+        return f"{int(v):,}" if t is None and float(v).is_integer() else f"{v:.{t if t is not None else 6}f}"
     return f"{v:.4g}"
 
 
@@ -101,9 +110,9 @@ def table(claims_file: str | Path = "claims.yaml", root: str | Path = ".") -> li
 def markdown(rows: list[dict]) -> str:
     lines = ["| claim | paper | reported | reproduced | Δ | tolerance | status |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        rep = fmt(r.get("reported")) if r["kind"] != "bool" else r.get("text_reported", "yes")
+        rep = fmt(r.get("reported"), r) if r["kind"] != "bool" else r.get("text_reported", "yes")
         lines.append(f"| {r['what']} | {r['paper']} | {rep}{' (derived)' if r.get('derived') else ''} | "
-                     f"{fmt(r['value'])} {r['spread']} | {fmt(r['delta'])} | {r['tol']} | {r['status']} |")
+                     f"{fmt(r['value'], r)} {r['spread']} | {fmt(r['delta'], r)} | {r['tol']} | {r['status']} |")
     return "\n".join(lines)
 
 
@@ -113,11 +122,11 @@ def main(claims_file: str = "claims.yaml", as_markdown: bool = False, root: str 
         print(markdown(rows))
     else:
         w = max(len(r["id"]) for r in rows)
-        print(f"{'claim':<{w}}  {'reported':>9}  {'reproduced':>24}  {'Δ':>9}  {'tolerance':<22} status")
+        print(f"{'claim':<{w}}  {'reported':>10}  {'reproduced':>24}  {'Δ':>9}  {'tolerance':<22} status")
         for r in rows:
-            rep = fmt(r.get("reported")) if r["kind"] != "bool" else "yes"
-            print(f"{r['id']:<{w}}  {rep:>9}  {(fmt(r['value']) + ' ' + r['spread']).strip():>24}  "
-                  f"{fmt(r['delta']):>9}  {r['tol']:<22} {r['status']}")
+            rep = fmt(r.get("reported"), r) if r["kind"] != "bool" else "yes"
+            print(f"{r['id']:<{w}}  {rep:>10}  {(fmt(r['value'], r) + ' ' + r['spread']).strip():>24}  "
+                  f"{fmt(r['delta'], r):>9}  {r['tol']:<22} {r['status']}")
     counts = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

@@ -32,7 +32,7 @@ def test_every_claim_is_well_formed():
     ids = [c["id"] for c in cs]
     assert len(ids) == len(set(ids))
     for c in cs:
-        assert c["kind"] in ("abs", "rel", "factor", "max", "min", "bool", "info"), c["id"]
+        assert c["kind"] in ("abs", "rel", "factor", "max", "min", "exact", "bool", "info"), c["id"]
         assert {"paper", "what", "file", "key"} <= set(c), c["id"]
         if c["kind"] in ("abs", "rel", "factor", "max", "min"):
             assert isinstance(c["tolerance"], (int, float)), c["id"]
