@@ -15,6 +15,15 @@ def mirror():
     return MIRROR
 
 
+@pytest.fixture
+def float64():
+    """Exact comparisons in double precision; the default dtype is restored afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

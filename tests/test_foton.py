@@ -9,12 +9,7 @@ from repro.rules import Batch, make_rule
 from repro.rules.foton import bjorck, ff_matrix
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def setup(sizes, act="identity", loss="ce", **rule):

@@ -12,13 +12,7 @@ from repro.rules.feedback import DirectFeedback, feedback_matrix
 
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    """Exact comparisons in double precision; restored afterwards so other modules are unaffected."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def net(loss="bce", act="tanh", sizes=(6, 5, 4, 3), bias=True):

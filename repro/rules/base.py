@@ -82,6 +82,14 @@ class Rule:
             setattr(self, k, v)
 
 
+def dropout_masks(model: nn.Module, batch_size: int, keep: float, device) -> list[torch.Tensor] | None:
+    """Inverted-dropout masks (Bernoulli(keep)/keep) for every hidden layer, drawn from the global RNG;
+    two-pass rules (PEPITA, FOTON) reuse them in both passes. ``None`` when keep = 1."""
+    if keep >= 1.0:
+        return None
+    return [torch.bernoulli(torch.full((batch_size, n), keep, device=device)) / keep for n in model.sizes[1:-1]]
+
+
 def set_grad(p: nn.Parameter, g: torch.Tensor) -> None:
     """Write an update (a freshly computed tensor) into ``p.grad``."""
     p.grad = g.detach()

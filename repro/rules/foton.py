@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..models import ConfigError, loss_value
-from .base import Batch, Rule, StepOut, set_grad
+from .base import Batch, Rule, StepOut, dropout_masks, set_grad
 
 
 @torch.no_grad()
@@ -66,12 +66,8 @@ class FOTON(Rule):
         self.FF = ff_matrix(model)
         self.t = 0
 
-    def masks(self, model, batch_size, device):
-        keep = self.params["keep"]
-        if keep >= 1.0:
-            return None
-        return [torch.bernoulli(torch.full((batch_size, n), keep, device=device)) / keep
-                for n in model.sizes[1:-1]]
+    def masks(self, model, batch_size: int, device) -> list[torch.Tensor] | None:
+        return dropout_masks(model, batch_size, self.params["keep"], device)
 
     def error(self, model, y, t):
         if model.loss == "ce":

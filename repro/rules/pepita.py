@@ -13,7 +13,7 @@ import math
 import torch
 
 from ..models import loss_value
-from .base import Batch, Rule, StepOut, set_grad
+from .base import Batch, Rule, StepOut, dropout_masks, set_grad
 
 
 class PEPITA(Rule):
@@ -31,11 +31,7 @@ class PEPITA(Rule):
         self.F = (torch.rand(d0, c, device=dev) * 2 * a - a) * self.params["f_scale"]
 
     def masks(self, model, batch_size: int, device) -> list[torch.Tensor] | None:
-        keep = self.params["keep"]
-        if keep >= 1.0:
-            return None
-        return [torch.bernoulli(torch.full((batch_size, n), keep, device=device)) / keep
-                for n in model.sizes[1:-1]]
+        return dropout_masks(model, batch_size, self.params["keep"], device)
 
     @staticmethod
     def error(model, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
