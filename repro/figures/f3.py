@@ -181,6 +181,11 @@ def plot_curves(hist: pd.DataFrame, metric: str = "test_loss", col: str = "datas
         ax.set_title(str(c))
         if logy and logy.get(c):
             ax.set_yscale("log")
+        else:  # the untrained epoch 0 would squash the curves: scale to the trained epochs
+            v = d[d.epoch >= 1][metric]
+            if len(v):
+                lo, hi = float(v.min()), float(v.quantile(0.995))
+                ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
         ax.set_ylabel(metric.replace("_", " "))
         ax.legend(fontsize=7, title=None)
     if title:
