@@ -28,6 +28,7 @@ from .train import evaluate, make_optimizer, resolve_device
 
 AUTHORS_EPOCH_S = 31.5  # F³ authors' code, MNIST d=1 w=500 batch 50, on this 2-core machine (issue #2)
 RULES = ["bp", "dfa", "drtp", "f3", "pepita"]
+RULE_CFG = {"foton_low_memory": {"name": "foton", "low_memory": True}}
 
 
 class PeakTensorMemory(TorchDispatchMode):
@@ -75,13 +76,13 @@ def _setup(rule_name: str, width: int, depth: int, x: torch.Tensor, y: torch.Ten
                     init="orthogonal").to(dev)
     else:
         model = MLP([x.shape[1]] + [width] * depth + [y.shape[1]], act="tanh", loss="bce").to(dev)
-    rule = make_rule({"name": rule_name})
+    rule = make_rule(RULE_CFG.get(rule_name, {"name": rule_name}))
     rule.setup(model, len(x))
     if hasattr(rule, "init_buffer"):
         rule.init_buffer(y)
     for p in model.parameters():
         p.requires_grad_(rule.needs_autograd)
-    if rule_name in ("pepita", "foton"):
+    if rule_name in ("pepita", "foton", "foton_low_memory"):
         opt, _ = make_optimizer(rule.trainable(model), {"name": "sgd", "lr": 0.01, "momentum": 0.9,
                                                         "weight_decay": 0.0, "milestones": []})
     else:
@@ -178,7 +179,7 @@ def run(quick: bool = False, device: str = "auto") -> dict:
     for layers in (2, 10, 50):  # weight layers; FOTON's defaults: width 256, batch 256, Björck every step
         n = max(2, steps // (1 if layers < 50 else 10))
         base = None
-        for r in ("bp", "foton"):
+        for r in ("bp", "foton", "foton_low_memory"):
             res = time_steps(r, 256, layers - 1, x, y, dev, batch=256, steps=n, warmup=2, foton_net=True)
             base = base or res
             foton.append({"layers": layers, "rule": r, **res, "time_vs_bp": res["ms_per_step"] / base["ms_per_step"],

@@ -136,3 +136,31 @@ def test_weight_mirroring_aligns_feedback_with_forward_weights_and_keeps_its_sca
     assert not r.mirroring
     r.begin_epoch(m, 10)
     assert r.mirroring
+
+
+@pytest.mark.parametrize("act", ["identity", "relu", "tanh"])
+def test_low_memory_step_gives_the_same_update(act):
+    m, r, b = setup((40, 30, 30, 20, 10), act=act)
+    r.step(m, b)
+    ref = [l.weight.grad.clone() for l in m.layers]
+    r2 = make_rule({"name": "foton", "keep": 1.0, "low_memory": True})
+    r2.setup(m, 100)
+    r2.step(m, b)
+    for lin, g in zip(m.layers, ref):
+        torch.testing.assert_close(lin.weight.grad, g)
+
+
+def test_low_memory_step_shares_masks_across_passes():
+    """With dropout, the low-memory update equals the two-pass formula with the regenerated masks."""
+    m, _, b = setup((32, 32, 32, 10), act="relu")
+    r = make_rule({"name": "foton", "keep": 0.5, "low_memory": True})
+    r.setup(m, 100)
+    out = r.step(m, b)
+    gen = torch.Generator().manual_seed(out.extras["mask_seed"])
+    masks = [r._layer_mask(gen, 16, 32, "cpu") for _ in range(2)]
+    _, hs = m.forward_all(b.x, masks)
+    e = torch.softmax(hs[-1], 1) - b.y
+    _, hm = m.forward_all(b.x - e @ r.FF, masks)
+    exp = [(hs[i + 1] - hm[i + 1]).T @ hs[i] / 16 for i in range(2)] + [e.T @ hs[2] / 16]
+    for lin, g in zip(m.layers, exp):
+        torch.testing.assert_close(lin.weight.grad, g)

@@ -49,7 +49,7 @@ def ff_matrix(model) -> torch.Tensor:
 
 class FOTON(Rule):
     name = "foton"
-    PARAMS = {"ortho_every": 1, "ff_every": 1, "bjorck_iters": 20, "keep": 0.9, "tau": 1.0}
+    PARAMS = {"ortho_every": 1, "ff_every": 1, "bjorck_iters": 20, "keep": 0.9, "tau": 1.0, "low_memory": False}
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -78,6 +78,8 @@ class FOTON(Rule):
 
     @torch.no_grad()
     def step(self, model, batch: Batch) -> StepOut:
+        if self.params["low_memory"]:
+            return self._step_low_memory(model, batch)
         x, t = batch.x, batch.y
         m = self.masks(model, x.shape[0], x.device)
         _, hs = model.forward_all(x, m)
@@ -91,6 +93,45 @@ class FOTON(Rule):
             else:
                 set_grad(lin.weight, e.t() @ hs[i] / B)
         return StepOut(loss_value(model.loss, hs[-1], t), hs[-1], {"masks": m})
+
+    def _layer_mask(self, gen: torch.Generator | None, batch_size: int, n: int, device):
+        keep = self.params["keep"]
+        if gen is None:
+            return None
+        return torch.bernoulli(torch.full((batch_size, n), keep, device=device), generator=gen) / keep
+
+    def _step_low_memory(self, model, batch: Batch) -> StepOut:
+        """Same update with activation memory independent of depth: pass 1 keeps only the output;
+        then the clean and modulated passes run in lockstep, layer by layer, each layer's update formed
+        as soon as both activations exist. Dropout masks are regenerated from one per-step seed so
+        all three passes share them. Costs one extra forward pass."""
+        x, t = batch.x, batch.y
+        B, L = x.shape[0], len(model.layers)
+        seed = int(torch.randint(0, 2**62, (1,))) if self.params["keep"] < 1.0 else None
+
+        def gen():
+            return None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
+
+        g, h = gen(), x
+        for i, lin in enumerate(model.layers[:-1]):
+            mask = self._layer_mask(g, B, lin.out_features, x.device)
+            z = lin(h)
+            h = model.act.fn(z if mask is None else z * mask)
+        y = model.layers[-1](h)
+        e = self.error(model, y, t)
+        g, hc, hm = gen(), x, x - e @ self.FF
+        for i, lin in enumerate(model.layers):
+            if i < L - 1:
+                mask = self._layer_mask(g, B, lin.out_features, x.device)
+                zc, zm = lin(hc), lin(hm)
+                if mask is not None:
+                    zc, zm = zc * mask, zm * mask
+                nc, nm = model.act.fn(zc), model.act.fn(zm)
+                set_grad(lin.weight, (nc - nm).t() @ hc / B)
+                hc, hm = nc, nm
+            else:
+                set_grad(lin.weight, e.t() @ hc / B)
+        return StepOut(loss_value(model.loss, y, t), y, {"mask_seed": seed})
 
     @torch.no_grad()
     def after_step(self, model, batch, out):
