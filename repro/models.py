@@ -51,6 +51,12 @@ def output(loss: str, z: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(z) if loss == "bce" else z
 
 
+def prediction(loss: str, y: torch.Tensor) -> torch.Tensor:
+    """What output errors are formed from: class probabilities (softmax of the logits for CE; the
+    sigmoid outputs for BCE) or the regression values."""
+    return torch.softmax(y, dim=1) if loss == "ce" else y
+
+
 def loss_value(loss: str, y: torch.Tensor, t: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     if loss == "bce":
         return F.binary_cross_entropy(y, t, reduction=reduction)

@@ -9,11 +9,12 @@ from .dfa import DFA
 from .drtp import DRTP
 from .f3 import F3
 from .foton import FOTON
+from .ftp import FTP
 from .llo import LLO
 from .pepita import PEPITA
 from .pepita_wm import PEPITAWM
 
-RULES: dict[str, type[Rule]] = {r.name: r for r in (BP, LLO, DFA, DRTP, F3, PEPITA, PEPITAWM, FOTON)}
+RULES: dict[str, type[Rule]] = {r.name: r for r in (BP, LLO, DFA, DRTP, F3, PEPITA, PEPITAWM, FOTON, FTP)}
 
 # Paper names -> (rule, parameters). Figures and claims use these labels.
 ALIASES: dict[str, tuple[str, dict]] = {
@@ -24,6 +25,7 @@ ALIASES: dict[str, tuple[str, dict]] = {
     "PEPITA": ("pepita", {}),
     "PEPITA+WM": ("pepita_wm", {}),
     "FOTON": ("foton", {}),
+    "FTP": ("ftp", {}),
     "F3-Error": ("f3", {"error_info": "delayed_error"}),
     "F3-Loss": ("f3", {"error_info": "delayed_loss"}),
     "F3-Error+OneHot": ("f3", {"error_info": "delayed_error_one_hot"}),

@@ -1,5 +1,6 @@
 """Direct Feedback Alignment (Nøkland 2016) as in the F³ code (f3.md §2.4): e = y* − y of the current
 model on the same minibatch (single pass; identical to the authors' extra eval pass for the MLP)."""
+from ..models import prediction
 from .feedback import DirectFeedback
 
 
@@ -7,4 +8,4 @@ class DFA(DirectFeedback):
     name = "dfa"
 
     def feedback(self, batch, y):
-        return batch.y - y
+        return batch.y - prediction(self.loss, y)

@@ -45,6 +45,7 @@ class DirectFeedback(Rule):
         dev = model.layers[0].weight.device
         n_out = model.sizes[-1]
         self.B = [feedback_matrix(self.params["feedback_init"], n_out, n, dev) for n in model.sizes[1:-1]]
+        self.loss = model.loss
 
     def feedback(self, batch: Batch, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         """The per-sample feedback vector e [B, C]."""

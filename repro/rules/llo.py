@@ -10,6 +10,7 @@ class LLO(DirectFeedback):
 
     def setup(self, model, n_train):
         self.B = []
+        self.loss = model.loss
 
     def feedback(self, batch, y):  # pragma: no cover - never called
         raise AssertionError("LLO has no hidden feedback")

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..models import loss_value
+from ..models import loss_value, prediction
 from .base import Batch, Rule, StepOut, dropout_masks, set_grad
 
 
@@ -35,7 +35,7 @@ class PEPITA(Rule):
 
     @staticmethod
     def error(model, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return (torch.softmax(y, dim=1) if model.loss == "ce" else y) - t
+        return prediction(model.loss, y) - t
 
     @torch.no_grad()
     def step(self, model, batch: Batch) -> StepOut:

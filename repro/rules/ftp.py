@@ -1,0 +1,94 @@
+"""Forward Target Propagation (arXiv 2506.11030) for MLPs — a RECONSTRUCTION (ftp.md §2.3): no code of
+the authors exists and the paper body was unavailable; every reconstructed choice is a parameter.
+
+Pass 1 is ordinary inference (h_l, ŷ). A fixed random G [C, n_1] projects the label and the prediction
+into the first hidden layer and gives its target ``τ_1 = h_1 + γ (ψ(y G) − ψ(ŷ G))`` (``gamma_mode:
+scale``; ``output_step`` uses ``t = ŷ + γ (y − ŷ)`` and ``τ_1 = h_1 + ψ(t G) − ψ(ŷ G)``). Pass 2 runs
+the ordinary forward layers from τ_1: ``τ_l = σ(W_l τ_{l−1} + b_l)``. Each hidden layer minimises
+``½‖σ(W_l h_{l−1} + b_l) − τ_l‖²`` (sum over units, batch mean), whose gradient is
+``δ_l = (h_l − τ_l) ⊙ σ'(a_l)``, ``∇W_l = δ_lᵀ h_{l−1} / B``; the output layer learns from the true label
+(``out_target: label``; ``tau`` trains it towards pass 2's output, an ablation that fails in the spec's
+sanity check). Forward evaluations only; no autograd graph.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..models import ACTIVATIONS, ConfigError, check_choice, dloss_dz, loss_value, prediction
+from .base import Batch, Rule, StepOut, dropout_masks, set_grad
+
+
+class FTP(Rule):
+    name = "ftp"
+    PARAMS = {"gamma": 0.2, "gamma_mode": "scale", "psi": "act", "g_scale": 1.0, "out_target": "label",
+              "pre": "h", "keep": 1.0}
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        check_choice("rule.gamma_mode", self.params["gamma_mode"], ("scale", "output_step"))
+        check_choice("rule.psi", self.params["psi"], ("act", *ACTIVATIONS))
+        check_choice("rule.out_target", self.params["out_target"], ("label", "tau"))
+        check_choice("rule.pre", self.params["pre"], ("h", "tau"))
+
+    def setup(self, model, n_train):
+        if model.depth < 1:
+            raise ConfigError("rule 'ftp' needs at least one hidden layer (model.depth >= 1)")
+        c, n1 = model.sizes[-1], model.sizes[1]
+        bound = math.sqrt(6.0 / c) * self.params["g_scale"]  # He-uniform, fan-in = n_out
+        dev = model.layers[0].weight.device
+        self.G = torch.rand(c, n1, device=dev) * 2 * bound - bound
+
+    def psi(self, model, v: torch.Tensor) -> torch.Tensor:
+        p = self.params["psi"]
+        return model.act.fn(v) if p == "act" else ACTIVATIONS[p].fn(v)
+
+    def first_target(self, model, h1: torch.Tensor, yhat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        g = self.params["gamma"]
+        base = self.psi(model, yhat @ self.G)
+        if self.params["gamma_mode"] == "scale":
+            return h1 + g * (self.psi(model, y @ self.G) - base)
+        return h1 + self.psi(model, (yhat + g * (y - yhat)) @ self.G) - base
+
+    @torch.no_grad()
+    def targets(self, model, hs: list[torch.Tensor], y: torch.Tensor, masks=None) -> list[torch.Tensor]:
+        """τ_1 … τ_{L−1} and pass 2's output pre-activation (last entry)."""
+        yhat = prediction(model.loss, hs[-1])
+        taus = [self.first_target(model, hs[1], yhat, y)]
+        for i, lin in enumerate(model.layers[1:], start=1):
+            z = lin(taus[-1])
+            if i < len(model.layers) - 1:
+                if masks is not None:
+                    z = z * masks[i]
+                taus.append(model.act.fn(z))
+            else:
+                taus.append(z)
+        return taus
+
+    @torch.no_grad()
+    def step(self, model, batch: Batch) -> StepOut:
+        x, y = batch.x, batch.y
+        B = x.shape[0]
+        m = dropout_masks(model, B, self.params["keep"], x.device)
+        zs, hs = model.forward_all(x, m)
+        taus = self.targets(model, hs, y, m)
+        L = len(model.layers)
+        for i, lin in enumerate(model.layers[:-1]):  # hidden layers: local target losses
+            d = (hs[i + 1] - taus[i]) * model.act.grad(zs[i], hs[i + 1])
+            if m is not None:
+                d = d * m[i]
+            pre = hs[i] if (i == 0 or self.params["pre"] == "h") else taus[i - 1]
+            set_grad(lin.weight, d.t() @ pre / B)
+            if lin.bias is not None:
+                set_grad(lin.bias, d.sum(0) / B)
+        out = model.layers[-1]  # output layer: exact gradient of the batch-mean loss on its own input
+        t = y if self.params["out_target"] == "label" else prediction(model.loss, taus[-1])
+        d = dloss_dz(model.loss, hs[-1], t)
+        set_grad(out.weight, d.t() @ hs[L - 1])
+        if out.bias is not None:
+            set_grad(out.bias, d.sum(0))
+        return StepOut(loss_value(model.loss, hs[-1], y), hs[-1], {"masks": m, "taus": taus})
+
+    def state_dict(self):
+        return {"G": self.G}

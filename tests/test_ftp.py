@@ -1,0 +1,75 @@
+"""FTP (issue #5, a reconstruction): targets equal the formula; updates equal autograd on the local
+losses; the linear reading reduces to DFA with B = G; nothing crosses a layer."""
+import copy
+
+import pytest
+import torch
+
+from repro.models import MLP
+from repro.rules import Batch, make_rule
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+
+def setup(act="tanh", sizes=(6, 5, 4, 3), **rule):
+    torch.manual_seed(0)
+    m = MLP(list(sizes), act=act, loss="ce").requires_grad_(False)
+    r = make_rule({"name": "ftp", **rule})
+    r.setup(m, 10)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, sizes[0], generator=g)
+    y = torch.nn.functional.one_hot(torch.randint(0, sizes[-1], (7,), generator=g), sizes[-1]).double()
+    return m, r, Batch(torch.arange(7), x, y)
+
+
+@pytest.mark.parametrize("mode", ["scale", "output_step"])
+def test_targets_equal_the_formula(mode):
+    m, r, b = setup(gamma=0.3, gamma_mode=mode)
+    _, hs = m.forward_all(b.x)
+    taus = r.targets(m, hs, b.y)
+    yhat = torch.softmax(hs[-1], 1)
+    if mode == "scale":
+        t1 = hs[1] + 0.3 * (torch.tanh(b.y @ r.G) - torch.tanh(yhat @ r.G))
+    else:
+        t1 = hs[1] + torch.tanh((yhat + 0.3 * (b.y - yhat)) @ r.G) - torch.tanh(yhat @ r.G)
+    torch.testing.assert_close(taus[0], t1)
+    torch.testing.assert_close(taus[1], torch.tanh(m.layers[1](t1)))  # pass 2 through the usual weights
+    assert r.G.shape == (3, 5) and not r.G.requires_grad
+
+
+def test_updates_equal_autograd_on_the_local_losses():
+    m, r, b = setup()
+    r.step(m, b)
+    _, hs = m.forward_all(b.x)
+    taus = r.targets(m, hs, b.y)
+    ref = copy.deepcopy(m).requires_grad_(True)
+    loss = 0
+    for i, lin in enumerate(ref.layers[:-1]):
+        out = torch.tanh(lin(hs[i].detach()))
+        loss = loss + 0.5 * ((out - taus[i].detach()) ** 2).sum(1).mean()
+    loss = loss + torch.nn.functional.cross_entropy(ref.layers[-1](hs[-2].detach()), b.y)
+    g = torch.autograd.grad(loss, list(ref.parameters()))
+    for p, gi in zip(m.parameters(), g):
+        torch.testing.assert_close(p.grad, gi)
+
+
+def test_linear_one_hidden_layer_is_dfa_with_g_as_feedback():
+    m, r, b = setup(act="identity", sizes=(6, 5, 3), psi="identity", gamma=0.5)
+    r.step(m, b)
+    yhat = torch.softmax(m(b.x), 1)
+    # FTP: δ_1 = h_1 − τ_1 = γ (ŷ − y) G; DFA (F³-code convention) injects (y − ŷ) B, not divided by B
+    dfa = make_rule({"name": "dfa"})
+    m2 = copy.deepcopy(m)
+    dfa.setup(m2, 10)
+    dfa.B = [r.G.clone()]
+    dfa.step(m2, b)
+    torch.testing.assert_close(m.layers[0].weight.grad, -0.5 / 7 * m2.layers[0].weight.grad)
+    torch.testing.assert_close((yhat - b.y).T @ m.forward_all(b.x)[1][1] / 7, m.layers[1].weight.grad)
+
+
+def test_bad_parameters():
+    from repro.models import ConfigError
+    with pytest.raises(ConfigError, match="rule.gamma_mode='x'"):
+        make_rule({"name": "ftp", "gamma_mode": "x"})
+    with pytest.raises(ConfigError, match="depth"):
+        make_rule({"name": "ftp"}).setup(MLP([4, 3], loss="ce"), 1)
