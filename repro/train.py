@@ -48,6 +48,7 @@ DEFAULTS = {
     "align_every": 0,  # measure per-layer cosine(update, BP gradient) every n steps; 0 = off
 }
 EVAL_BATCH = 10_000
+LAYERWISE_RULES = ("ff",)  # rules whose phases are the model's layers (progress-bar step counts)
 
 
 def normalize_config(cfg: dict) -> dict:
@@ -174,51 +175,64 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
     for p in model.parameters():
         p.requires_grad_(rule.needs_autograd)
     phases = rule.phases(model)
-    if len(phases) != 1:
-        raise NotImplementedError("multi-phase (layer-wise) rules are not supported by this loop yet")
-    opt, sched = make_optimizer(rule.trainable(model), cfg["optim"])
+    layerwise = len(phases) > 1  # greedy layer-wise rules: each phase trains one group for `epochs`
+    if not layerwise:
+        opt, sched = make_optimizer(rule.trainable(model), cfg["optim"])
     shuffle = torch.Generator().manual_seed(cfg["seed"])
+    rule_eval = getattr(rule, "evaluate", None)
 
     n, bs = len(data.x_train), cfg["batch_size"]
     history, status, t0 = [], "ok", time.perf_counter()
 
     def record_epoch(epoch: int, train_loss: float | None, t_train: float) -> bool:
-        tr = evaluate(model, data.x_train, data.y_train, data.labels_train)
-        te = evaluate(model, data.x_test, data.y_test, data.labels_test)
+        ev = rule_eval or evaluate
+        tr = ev(model, data.x_train, data.y_train, data.labels_train)
+        te = ev(model, data.x_test, data.y_test, data.labels_test)
         row = {"epoch": epoch, "train_loss": tr["loss"], "test_loss": te["loss"], "step_loss": train_loss,
                "time_train": t_train}
         if "error" in te:
             row["train_error"], row["test_error"] = tr["error"], te["error"]
+        for k in te.keys() - {"loss", "error"}:  # rule-specific metrics, e.g. per-layer errors
+            row[f"train_{k}"], row[f"test_{k}"] = tr[k], te[k]
         history.append(row)
         return all(math.isfinite(v) for v in (tr["loss"], te["loss"], train_loss or 0.0))
 
     record_epoch(0, None, 0.0)
-    step_no = 0
-    for epoch in range(1, cfg["epochs"] + 1):
-        ts = time.perf_counter()
-        rule.begin_epoch(model, epoch)
-        perm = torch.randperm(n, generator=shuffle).to(dev)
-        loss_sum = torch.zeros((), device=dev)
-        aligns = []
-        for s in range(0, n, bs):
-            idx = perm[s:s + bs]
-            batch = Batch(idx, data.x_train[idx], data.y_train[idx])
-            out = rule.step(model, batch)
-            step_no += 1
-            if cfg["align_every"] and step_no % cfg["align_every"] == 0:
-                aligns.append(bp_alignment(model, batch, out.extras.get("masks")))
-            opt.step()
-            rule.after_step(model, batch, out)
-            loss_sum += out.loss * len(idx)
-        if sched is not None:
-            sched.step()
-        ok = record_epoch(epoch, float(loss_sum) / n, time.perf_counter() - ts)
-        if aligns:
-            history[-1]["align_cos"] = [float(v) for v in torch.tensor(aligns).nanmean(0)]
-        if progress is not None:
-            progress(-(-n // bs))
-        if not ok:
-            status = "diverged"
+    step_no, epoch = 0, 0
+    for phase, group in enumerate(phases):
+        if layerwise:
+            rule.begin_phase(model, phase, data)
+            opt, sched = make_optimizer(group, cfg["optim"])  # a fresh optimizer per layer
+        for _ in range(cfg["epochs"]):
+            epoch += 1
+            ts = time.perf_counter()
+            rule.begin_epoch(model, epoch)
+            perm = torch.randperm(n, generator=shuffle).to(dev)
+            loss_sum = torch.zeros((), device=dev)
+            aligns = []
+            for s in range(0, n, bs):
+                idx = perm[s:s + bs]
+                batch = Batch(idx, data.x_train[idx], data.y_train[idx])
+                out = rule.step(model, batch)
+                step_no += 1
+                if cfg["align_every"] and step_no % cfg["align_every"] == 0:
+                    aligns.append(bp_alignment(model, batch, out.extras.get("masks")))
+                opt.step()
+                rule.after_step(model, batch, out)
+                loss_sum += out.loss * len(idx)
+            if sched is not None:
+                sched.step()
+            ok = record_epoch(epoch, float(loss_sum) / n, time.perf_counter() - ts)
+            if layerwise:
+                history[-1]["phase"] = phase
+            if aligns:
+                history[-1]["align_cos"] = [float(v) for v in torch.tensor(aligns).nanmean(0)]
+            if progress is not None:
+                progress(-(-n // bs))
+            if not ok:
+                status = "diverged"
+                break
+        if status != "ok":
             break
     last = history[-1]
     summary = {"final_test_loss": last["test_loss"], "final_train_loss": last["train_loss"],
@@ -300,9 +314,10 @@ def run_cached(cfg: dict, store: RunStore, device: str = "auto", progress=None) 
 def _steps(cfg: dict) -> int:
     c = normalize_config(cfg)
     d = c["dataset"]
+    phases = c["model"]["depth"] + 1 if c["rule"].get("name") in LAYERWISE_RULES else 1
     n = d["n_train"] or {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000,
                          "wine_quality": 5197, "sgemm": 773120}[d["name"]]
-    return c["epochs"] * -(-n // c["batch_size"])
+    return phases * c["epochs"] * -(-n // c["batch_size"])
 
 
 def _die_with_parent() -> None:

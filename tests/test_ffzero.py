@@ -71,3 +71,100 @@ def test_layer_vote_majority_and_ties():
     assert layer_vote(preds, 7).tolist() == [1, 3, 2, 6]
     # two layers disagreeing: tie broken towards the deeper layer
     assert layer_vote([torch.tensor([0]), torch.tensor([5])], 7).tolist() == [5]
+
+
+# ------------------------------------------------------------------------------ rules and training
+import copy  # noqa: E402
+
+import pytest  # noqa: E402
+
+from repro import train as T  # noqa: E402
+from repro.models import MLP  # noqa: E402
+from repro.rules import Batch, make_rule  # noqa: E402
+
+
+def ff_setup(estimator="ad", **kw):
+    torch.manual_seed(0)
+    m = MLP([12, 10, 10, 3], act="identity", loss="ce")
+    r = make_rule({"name": "ff", "estimator": estimator, **kw})
+    r.setup(m, 40)
+    for p in m.parameters():
+        p.requires_grad_(r.needs_autograd)
+    from conftest import tiny_data
+    d = tiny_data(40, 20, 12, 3)
+    return m, r, d
+
+
+def test_ff_ad_gradient_is_the_local_loss_gradient_of_one_layer_only():
+    m, r, d = ff_setup("ad")
+    r.begin_phase(m, 1, d)
+    idx = torch.arange(8)
+    r.step(m, Batch(idx, d.x_train[idx], d.y_train[idx]))
+    assert m.layers[0].weight.grad is None and m.layers[2].weight.grad is None
+    ref = copy.deepcopy(m).requires_grad_(True)
+    x1 = ref.layers[0](d.x_train[idx]).detach()
+    loss = hinge_goodness_loss(similarities(ref.layers[1](x1), r.P[1]), d.labels_train[idx])
+    g = torch.autograd.grad(loss, list(ref.layers[1].parameters()))
+    for p, gi in zip(m.layers[1].parameters(), g):
+        torch.testing.assert_close(p.grad, gi)
+
+
+def test_ff_dd_estimate_points_along_the_local_gradient():
+    m, r, d = ff_setup("dd", directions=4000)
+    r.begin_phase(m, 0, d)
+    idx = torch.arange(16)
+    b = Batch(idx, d.x_train[idx], d.y_train[idx])
+    r.step(m, b)
+    dd = torch.cat([p.grad.flatten() for p in m.layers[0].parameters()])
+    r2 = make_rule({"name": "ff", "estimator": "ad"})
+    r2.setup(m, 40)
+    r2.P = r.P
+    r2.begin_phase(m, 0, d)
+    for p in m.parameters():
+        p.requires_grad_(True)
+    r2.step(m, b)
+    ad = torch.cat([p.grad.flatten() for p in m.layers[0].parameters()])
+    assert float(dd @ ad / dd.norm() / ad.norm()) > 0.9
+
+
+@pytest.mark.parametrize("estimator", ["ad", "dd"])
+def test_layerwise_training_is_local_and_greedy(monkeypatch, estimator):
+    from conftest import tiny_data
+    d = tiny_data(64, 32, 784, 10)
+    monkeypatch.setattr(T, "load_data", lambda c, dev: d)
+    snaps = []
+    real_begin = __import__("repro.rules.ffzero", fromlist=["FF"]).FF.begin_phase
+
+    def spy(self, model, phase, data):
+        snaps.append([l.weight.detach().clone() for l in model.layers])
+        return real_begin(self, model, phase, data)
+    monkeypatch.setattr(__import__("repro.rules.ffzero", fromlist=["FF"]).FF, "begin_phase", spy)
+    cfg = {"dataset": {"name": "mnist", "n_train": 64, "n_test": 32},
+           "model": {"width": 12, "depth": 2, "act": "identity", "loss": "ce"},
+           "rule": {"name": "ff", "estimator": estimator},
+           "optim": {"name": "adam" if estimator == "ad" else "sgd", "lr": 1e-3}, "epochs": 2, "batch_size": 16}
+    res = T.train(cfg)
+    h = res.record["history"]
+    assert [r.get("phase") for r in h[1:]] == [0, 0, 1, 1, 2, 2] and len(h[-1]["test_layer_errors"]) == 3
+    final = [l.weight.detach() for l in res.model.layers]
+    # layer 0 is frozen once phase 1 starts; layer 2 is untouched until phase 2
+    assert torch.equal(snaps[1][0], final[0]) and torch.equal(snaps[0][2], snaps[2][2])
+    assert not torch.equal(snaps[0][0], snaps[1][0])
+
+
+def test_bp_dd_estimates_the_global_gradient():
+    torch.manual_seed(0)
+    m = MLP([5, 4, 3], act="tanh", loss="ce")
+    r = make_rule({"name": "bp_dd", "directions": 3000})
+    r.setup(m, 10)
+    x = torch.randn(8, 5)
+    y = torch.nn.functional.one_hot(torch.randint(0, 3, (8,)), 3).float()
+    ref = copy.deepcopy(m)
+    from repro.models import loss_value
+    g = torch.autograd.grad(loss_value("ce", ref(x), y), list(ref.parameters()))
+    for p in m.parameters():
+        p.requires_grad_(False)
+    r.step(m, Batch(torch.arange(8), x, y))
+    dd = torch.cat([p.grad.flatten() for p in m.parameters()])
+    true = torch.cat([gi.flatten() for gi in g])
+    assert float(dd @ true / dd.norm() / true.norm()) > 0.9

@@ -180,3 +180,27 @@ def test_committed_runs_keep_their_keys():
     for p in recs[:200]:
         r = json.loads(p.read_text())
         assert run_key(r["config"]) == r["key"] == p.stem, p
+
+
+@pytest.mark.parametrize("algorithm", ["F3-Error", "DRTP", "BP"])
+def test_code_still_reproduces_committed_runs(mirror, monkeypatch, algorithm):
+    """The first epochs of a committed paper-scale run come out bitwise equal today (sweeps train with
+    one thread per run). Catches any change that silently alters what a cached config computes."""
+    from pathlib import Path
+    monkeypatch.setenv("REPRO_DATA_MIRROR", str(mirror))
+    runs = Path(__file__).resolve().parents[1] / "results" / "f3_regression" / "runs"
+    recs = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))] if runs.is_dir() else []
+    from repro.rules import rule_config
+    want = rule_config(algorithm)
+    recs = [r for r in recs if r["config"]["dataset"]["name"] == "wine_quality" and r["config"]["rule"] == want]
+    if not recs:
+        pytest.skip("no committed wine run for this algorithm")
+    rec = recs[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        new = T.train({**rec["config"], "epochs": 2}).record
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(new["history"], rec["history"][:3]):
+        assert (a["epoch"], a["train_loss"], a["test_loss"]) == (b["epoch"], b["train_loss"], b["test_loss"])

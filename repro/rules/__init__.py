@@ -8,13 +8,14 @@ from .bp import BP
 from .dfa import DFA
 from .drtp import DRTP
 from .f3 import F3
+from .ffzero import FF, BPDD
 from .foton import FOTON
 from .ftp import FTP
 from .llo import LLO
 from .pepita import PEPITA
 from .pepita_wm import PEPITAWM
 
-RULES: dict[str, type[Rule]] = {r.name: r for r in (BP, LLO, DFA, DRTP, F3, PEPITA, PEPITAWM, FOTON, FTP)}
+RULES: dict[str, type[Rule]] = {r.name: r for r in (BP, LLO, DFA, DRTP, F3, PEPITA, PEPITAWM, FOTON, FTP, FF, BPDD)}
 
 # Paper names -> (rule, parameters). Figures and claims use these labels.
 ALIASES: dict[str, tuple[str, dict]] = {
@@ -26,6 +27,10 @@ ALIASES: dict[str, tuple[str, dict]] = {
     "PEPITA+WM": ("pepita_wm", {}),
     "FOTON": ("foton", {}),
     "FTP": ("ftp", {}),
+    "BP+AD": ("bp", {}),
+    "BP+DD": ("bp_dd", {}),
+    "FF+AD": ("ff", {"estimator": "ad"}),
+    "FF+DD": ("ff", {"estimator": "dd"}),
     "F3-Error": ("f3", {"error_info": "delayed_error"}),
     "F3-Loss": ("f3", {"error_info": "delayed_loss"}),
     "F3-Error+OneHot": ("f3", {"error_info": "delayed_error_one_hot"}),

@@ -12,7 +12,10 @@ Hooks that later rules need are part of the interface from the start:
 - two forward passes (PEPITA, FOTON, FTP) happen inside ``step``; ``StepOut.extras`` carries anything
   ``after_step`` needs;
 - layer-local losses (FFzero) compute their own local gradients inside ``step``; ``phases`` lets a rule
-  train parameter groups one after another (greedy layer-wise training);
+  train parameter groups one after another (greedy layer-wise training: ``epochs`` per phase, a fresh
+  optimizer each, ``begin_phase`` to cache the layer's inputs); a rule may define
+  ``evaluate(model, x, y, labels) -> {"loss", "error", ...}`` when its prediction is not ``model(x)``
+  (FFzero's layer vote);
 - ``needs_autograd`` says whether ``step`` builds a graph; forward-only rules run under ``no_grad``;
 - ``state_dict`` holds the rule's own tensors (feedback matrices, ...), saved with the weights.
 """
@@ -64,6 +67,9 @@ class Rule:
     def phases(self, model: nn.Module) -> list[list[nn.Parameter]]:
         """Parameter groups trained one after another; default: one phase, all trainable parameters."""
         return [self.trainable(model)]
+
+    def begin_phase(self, model: nn.Module, phase: int, data) -> None:
+        """Called before each phase of a multi-phase rule (e.g. cache the inputs of layer ``phase``)."""
 
     def begin_epoch(self, model: nn.Module, epoch: int) -> None:
         """Called before each training epoch (1-based), e.g. for schedules inside the rule."""
