@@ -28,7 +28,9 @@ from .train import evaluate, make_optimizer, resolve_device
 
 AUTHORS_EPOCH_S = 31.5  # F³ authors' code, MNIST d=1 w=500 batch 50, on this 2-core machine (issue #2)
 RULES = ["bp", "dfa", "drtp", "f3", "pepita"]
-RULE_CFG = {"foton_low_memory": {"name": "foton", "low_memory": True}}
+RULE_CFG = {"foton_low_memory": {"name": "foton", "low_memory": True},
+            "ff_ad": {"name": "ff", "estimator": "ad"}, "ff_dd": {"name": "ff", "estimator": "dd"}}
+FF_NET = ("bp", "bp_dd", "ff_ad", "ff_dd")
 
 
 class PeakTensorMemory(TorchDispatchMode):
@@ -69,9 +71,12 @@ class PeakTensorMemory(TorchDispatchMode):
         return out
 
 
-def _setup(rule_name: str, width: int, depth: int, x: torch.Tensor, y: torch.Tensor, dev, foton_net: bool = False):
+def _setup(rule_name: str, width: int, depth: int, x: torch.Tensor, y: torch.Tensor, dev, foton_net: bool = False,
+           ff_net: bool = False):
     torch.manual_seed(0)
-    if foton_net:  # FOTON's default net: orthogonal init, no bias, ReLU, softmax cross-entropy
+    if ff_net:  # FFzero's MLP: no nonlinearity, CE for the BP paradigms
+        model = MLP([x.shape[1]] + [width] * depth + [y.shape[1]], act="identity", loss="ce").to(dev)
+    elif foton_net:  # FOTON's default net: orthogonal init, no bias, ReLU, softmax cross-entropy
         model = MLP([x.shape[1]] + [width] * depth + [y.shape[1]], act="relu", loss="ce", bias=False,
                     init="orthogonal").to(dev)
     else:
@@ -82,7 +87,13 @@ def _setup(rule_name: str, width: int, depth: int, x: torch.Tensor, y: torch.Ten
         rule.init_buffer(y)
     for p in model.parameters():
         p.requires_grad_(rule.needs_autograd)
-    if rule_name in ("pepita", "foton", "foton_low_memory"):
+    if ff_net and rule_name.startswith("ff"):
+        from .data import Data
+        rule.begin_phase(model, 1, Data("bench", "classification", x, y, x[:1], y[:1]))  # train layer 2
+        group = list(model.layers[1].parameters())
+        return model, rule, make_optimizer(group, {"name": "adam" if rule_name == "ff_ad" else "sgd", "lr": 1e-3,
+                                                   "momentum": 0.0, "weight_decay": 0.0, "milestones": []})[0]
+    if rule_name in ("pepita", "foton", "foton_low_memory", "bp_dd"):
         opt, _ = make_optimizer(rule.trainable(model), {"name": "sgd", "lr": 0.01, "momentum": 0.9,
                                                         "weight_decay": 0.0, "milestones": []})
     else:
@@ -103,8 +114,9 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
-def time_steps(rule_name, width, depth, x, y, dev, batch=50, steps=50, warmup=5, foton_net=False) -> dict:
-    model, rule, opt = _setup(rule_name, width, depth, x, y, dev, foton_net)
+def time_steps(rule_name, width, depth, x, y, dev, batch=50, steps=50, warmup=5, foton_net=False,
+               ff_net=False) -> dict:
+    model, rule, opt = _setup(rule_name, width, depth, x, y, dev, foton_net, ff_net)
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(x), generator=g).to(dev)
     idxs = [perm[(i * batch) % (len(x) - batch):][:batch] for i in range(warmup + steps + 1)]
@@ -186,7 +198,21 @@ def run(quick: bool = False, device: str = "auto") -> dict:
                           "mem_vs_bp": res["peak_mb"] / base["peak_mb"]})
     return {"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "data": src, "steps_timed": steps,
-            "rows": rows, "full_epoch_s": epochs, "authors_epoch_s": AUTHORS_EPOCH_S, "foton": foton}
+            "rows": rows, "full_epoch_s": epochs, "authors_epoch_s": AUTHORS_EPOCH_S, "foton": foton,
+            "ffzero": ffzero_rows(x, y, dev, steps)}
+
+
+def ffzero_rows(x, y, dev, steps) -> list[dict]:
+    """FFzero's paradigms on its MLP (784-w-w-w-10, no activation, batch 256), per step; FF rules time
+    one step of layer 2 (a w×w layer), the BP rules a step of the whole net."""
+    out = []
+    for w in (100, 1000):
+        base = None
+        for r in FF_NET:
+            res = time_steps(r, w, 3, x, y, dev, batch=256, steps=max(2, steps // 2), warmup=2, ff_net=True)
+            base = base or res
+            out.append({"width": w, "rule": r, **res, "time_vs_bp": res["ms_per_step"] / base["ms_per_step"]})
+    return out
 
 
 def markdown(res: dict) -> str:
@@ -204,6 +230,14 @@ def markdown(res: dict) -> str:
         for r in res["foton"]:
             lines.append(f"| {r['layers']} | {r['rule']} | {r['ms_per_step']:.1f} | {r['time_vs_bp']:.2f} | "
                          f"{r['peak_mb']:.2f} | {r['mem_vs_bp']:.2f} |")
+    if res.get("ffzero"):
+        lines += ["", "FFzero paradigms on FFzero's MLP (784-w-w-w-10, no activation; batch 256, 1 direction; "
+                  "FF rules: one step of layer 2, BP rules: one step of the whole net):", "",
+                  "| width | rule | ms/step | time ÷ BP+AD | peak MB/step |", "|---|---|---|---|---|"]
+        names = {"bp": "BP+AD", "bp_dd": "BP+DD", "ff_ad": "FF+AD", "ff_dd": "FF+DD"}
+        for r in res["ffzero"]:
+            lines.append(f"| {r['width']} | {names[r['rule']]} | {r['ms_per_step']:.2f} | {r['time_vs_bp']:.2f} | "
+                         f"{r['peak_mb']:.2f} |")
     if res["full_epoch_s"]:
         lines += ["", "Full MNIST epoch (d=1, w=500, batch 50; training + evaluation of train and test sets):", ""]
         for k, v in res["full_epoch_s"].items():
