@@ -219,6 +219,9 @@ def fetch(name: str, root: Path | str | None = None, mirror: Path | str | None =
         if mirror is not None:
             errors.append(f"not in mirror {mirror / name}")
         for url in rf.urls:
+            if os.environ.get("REPRO_OFFLINE"):  # tests and air-gapped machines: do not try the network
+                errors.append(f"{url}: REPRO_OFFLINE is set")
+                continue
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
                     shutil.copyfileobj(r, f)
@@ -234,6 +237,16 @@ def fetch(name: str, root: Path | str | None = None, mirror: Path | str | None =
                 f"connect to the internet or set {MIRROR_ENV} to a folder holding {name}/{rf.name}"
             )
     return dest_dir
+
+
+def try_fetch(name: str, root: Path | str | None = None) -> str | None:
+    """Fetch ``name`` if needed; None when it is ready, else the one-line reason it is not (for
+    pipelines that skip a dataset they cannot obtain instead of failing)."""
+    try:
+        fetch(name, root)
+    except DataError as exc:
+        return str(exc)
+    return None
 
 
 def available(name: str, root: Path | str | None = None) -> bool:

@@ -8,7 +8,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-SECTION = {"f3_regression_gap": "f3_regression", "f3_mnist": "f3_mnist", "f3_variants": "f3_variants"}
+SECTION = {"f3_regression_gap": "f3_regression", "f3_mnist": "f3_mnist", "f3_variants": "f3_variants",
+           "foton_depth_scaling": "foton_depth"}
+FIGURES = {"f3_regression_gap": 2, "f3_mnist": 3, "f3_variants": 2, "foton_depth_scaling": 1}
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
@@ -30,9 +32,23 @@ def test_notebook_runs_under_papermill_at_smoke_scale(nb, tmp_path, mirror, monk
     pm.execute_notebook(str(nb), str(tmp_path / nb.name), cwd=str(ROOT), progress_bar=False, start_timeout=300,
                         parameters={"params_file": str(ROOT / "params.smoke.yaml"), "section": section,
                                     "results": str(tmp_path / "results")})
-    out = tmp_path / "results" / section
+    out = tmp_path / "results" / section / ("mnist" if section == "foton_depth" else "")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics
     pngs = list((out / "figures").glob("*.png"))
-    assert len(pngs) >= 2 and all(p.stat().st_size > 10_000 for p in pngs)
+    assert len(pngs) == FIGURES[nb.stem] and all(p.stat().st_size > 10_000 for p in pngs)
     assert list((out / "weights").glob("*.pt")) and list((out / "runs").glob("*.json"))
+
+
+@pytest.mark.slow
+def test_unavailable_dataset_is_skipped_with_a_clear_message(tmp_path, monkeypatch):
+    import papermill as pm
+    monkeypatch.delenv("REPRO_DATA_MIRROR", raising=False)
+    monkeypatch.setenv("REPRO_DATA_ROOT", str(tmp_path / "data"))
+    monkeypatch.setenv("REPRO_OFFLINE", "1")
+    nb = ROOT / "notebooks" / "foton_depth_scaling.ipynb"
+    pm.execute_notebook(str(nb), str(tmp_path / "o.ipynb"), cwd=str(ROOT), progress_bar=False, start_timeout=300,
+                        parameters={"params_file": str(ROOT / "params.smoke.yaml"), "dataset": "cifar100",
+                                    "results": str(tmp_path / "results")})
+    m = json.loads((tmp_path / "results" / "foton_depth" / "cifar100" / "metrics.json").read_text())
+    assert "cifar100" in m["skipped"] and "REPRO_DATA_MIRROR" in m["skipped"]

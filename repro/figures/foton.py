@@ -1,0 +1,88 @@
+"""FOTON (arXiv 2512.20668): depth scaling — test accuracy vs number of weight layers for FOTON at
+several orthogonalisation / 𝔽-refresh frequencies, with BP and PEPITA for context (foton.md §3.2 E2, §5 F2).
+
+Every setting not in the sources is a reconstruction (foton.md §6): width 256, depths in weight layers,
+ReLU, orthogonal init, no bias, dropout 0.1 shared by both passes, plain SGD; the frequencies swept.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from .. import data as data_mod
+from .common import final_frame, history_frame, run_all, store_for
+
+# foton.md §4: numbers reported for CIFAR-100 (the paper's dataset for this figure)
+REPORTED = {"cifar100": {50: 12.6}}
+
+
+def net(P: dict, dataset: str, depth_layers: int, rule: dict, optim: dict, seed: int) -> dict:
+    return {
+        "dataset": {"name": dataset, "normalize": "standard", "n_train": P.get("n_train"), "n_test": P.get("n_test")},
+        "model": {"arch": "mlp", "width": P["width"], "depth": depth_layers - 1, "act": P["act"], "loss": "ce",
+                  "bias": False, "init": "orthogonal"},
+        "rule": rule, "optim": optim, "epochs": P["epochs"], "batch_size": P["batch_size"], "seed": seed,
+    }
+
+
+def depth_jobs(P: dict, dataset: str) -> list[dict]:
+    jobs = []
+    sgd = lambda lr: {"name": "sgd", "lr": lr, "momentum": 0.0}  # noqa: E731
+    for seed in P["seeds"]:
+        for L in P["depths"]:
+            for ortho, ff in P["frequencies"]:
+                rule = {"name": "foton", "ortho_every": ortho, "ff_every": ff, "keep": P["keep"]}
+                jobs.append({"dataset": dataset, "layers": L, "seed": seed, "method": f"FOTON o={ortho} ff={ff}",
+                             "config": net(P, dataset, L, rule, sgd(P["lr"]["FOTON"]), seed)})
+            if P["include_bp"]:
+                jobs.append({"dataset": dataset, "layers": L, "seed": seed, "method": "BP",
+                             "config": net(P, dataset, L, {"name": "bp"}, sgd(P["lr"]["BP"]), seed)})
+            if P["include_pepita"]:
+                rule = {"name": "pepita", "keep": P["keep"]}
+                opt = {"name": "sgd", "lr": P["lr"]["PEPITA"], "momentum": 0.9}
+                jobs.append({"dataset": dataset, "layers": L, "seed": seed, "method": "PEPITA",
+                             "config": net(P, dataset, L, rule, opt, seed)})
+    return jobs
+
+
+def run(P: dict, dataset: str, results: str = "results") -> tuple[pd.DataFrame | None, pd.DataFrame | None, str | None]:
+    """(history, finals, None), or (None, None, reason) when the dataset cannot be obtained here."""
+    reason = data_mod.try_fetch(dataset)
+    if reason is not None:
+        return None, None, reason
+    done = run_all(depth_jobs(P, dataset), store_for(f"foton_depth/{dataset}", results), P, desc=f"foton_depth {dataset}")
+    hist, fin = history_frame(done), final_frame(done)
+    for f in (hist, fin):
+        for col in [c for c in f.columns if c.endswith("_error")]:
+            f[col.replace("_error", "_acc")] = 100.0 - f[col]
+    return hist, fin, None
+
+
+def metrics(fin: pd.DataFrame) -> dict:
+    ok = fin[fin.status == "ok"]
+    out = {"final_test_acc": {}, "best_test_acc": {}, "diverged": {}}
+    for (m, L), g in ok.groupby(["method", "layers"]):
+        out["final_test_acc"].setdefault(m, {})[str(L)] = float(g.final_test_acc.mean())
+        out["best_test_acc"].setdefault(m, {})[str(L)] = float(g.best_test_acc.mean())
+    for (m, L), g in fin.groupby(["method", "layers"]):
+        out["diverged"].setdefault(m, {})[str(L)] = int((g.status == "diverged").sum())
+    return out
+
+
+def plot_depth(fin: pd.DataFrame, dataset: str):
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    d = fin.copy()
+    d.loc[d.status != "ok", "final_test_acc"] = float("nan")
+    sns.lineplot(d, x="layers", y="final_test_acc", hue="method", style="method", markers=True, dashes=False,
+                 errorbar=("pi", 100), ax=ax)
+    for L, v in REPORTED.get(dataset, {}).items():
+        ax.scatter([L], [v], marker="*", s=160, c="gold", edgecolors="k", zorder=5, label="paper (FOTON)")
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(set(d.layers)), [str(x) for x in sorted(set(d.layers))])
+    ax.set_xlabel("weight layers")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_title(f"FOTON depth scaling, {dataset} (diverged runs omitted)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
