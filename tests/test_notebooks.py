@@ -9,8 +9,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SECTION = {"f3_regression_gap": "f3_regression", "f3_mnist": "f3_mnist", "f3_variants": "f3_variants",
-           "foton_depth_scaling": "foton_depth"}
-FIGURES = {"f3_regression_gap": 2, "f3_mnist": 3, "f3_variants": 2, "foton_depth_scaling": 1}
+           "foton_depth_scaling": "foton_depth", "ffzero_width_sweep": "ffzero_width"}
+FIGURES = {"f3_regression_gap": 2, "f3_mnist": 3, "f3_variants": 2, "foton_depth_scaling": 1, "ffzero_width_sweep": 1}
+PER_DATASET = {"foton_depth", "ffzero_width"}
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
@@ -32,7 +33,7 @@ def test_notebook_runs_under_papermill_at_smoke_scale(nb, tmp_path, mirror, monk
     pm.execute_notebook(str(nb), str(tmp_path / nb.name), cwd=str(ROOT), progress_bar=False, start_timeout=300,
                         parameters={"params_file": str(ROOT / "params.smoke.yaml"), "section": section,
                                     "results": str(tmp_path / "results")})
-    out = tmp_path / "results" / section / ("mnist" if section == "foton_depth" else "")
+    out = tmp_path / "results" / section / ("mnist" if section in PER_DATASET else "")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics
     pngs = list((out / "figures").glob("*.png"))

@@ -1,0 +1,82 @@
+"""FFzero (arXiv 2603.24790): test accuracy vs hidden width for BP+AD, BP+DD, FF+AD and FF+DD on the
+MLP 784→w→w→w→10 (no nonlinearity, as the authors' code; ffzero.md §2.11, §6 Q1), median and IQR over
+seeds, total parameter count per width. Widths and epochs are the spec's recommendations (§7)."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .. import data as data_mod
+from ..rules import rule_config
+from .common import final_frame, history_frame, run_all, store_for
+
+PARADIGMS = ("BP+AD", "BP+DD", "FF+AD", "FF+DD")
+
+
+def n_params(width: int, n_in: int = 784, n_out: int = 10, hidden: int = 3) -> int:
+    sizes = [n_in] + [width] * hidden + [n_out]
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def width_jobs(P: dict, dataset: str) -> list[dict]:
+    jobs = []
+    for seed in P["seeds"]:
+        for w in P["widths"]:
+            for p in P["paradigms"]:
+                rule = rule_config(p, **({"directions": P["directions"], "eps": P["eps"]} if p.endswith("DD") else {}))
+                optim = {"name": "adam" if p.endswith("AD") else "sgd", "lr": P["lr"]}
+                cfg = {"dataset": {"name": dataset, "normalize": "unit", "n_train": P.get("n_train"),
+                                   "n_test": P.get("n_test")},
+                       "model": {"arch": "mlp", "width": w, "depth": P["hidden_layers"], "act": P["act"], "loss": "ce"},
+                       "rule": rule, "optim": optim, "epochs": P["epochs"], "batch_size": P["batch_size"], "seed": seed}
+                jobs.append({"dataset": dataset, "width": w, "params": n_params(w), "paradigm": p, "seed": seed,
+                             "config": cfg})
+    return jobs
+
+
+def run(P: dict, dataset: str, results: str = "results"):
+    reason = data_mod.try_fetch(dataset)
+    if reason is not None:
+        return None, None, reason
+    done = run_all(width_jobs(P, dataset), store_for(f"ffzero_width/{dataset}", results), P,
+                   desc=f"ffzero_width {dataset}")
+    hist, fin = history_frame(done), final_frame(done)
+    fin["final_test_acc"] = 100.0 - fin["final_test_error"]
+    return hist, fin, None
+
+
+def metrics(fin: pd.DataFrame) -> dict:
+    ok = fin[fin.status == "ok"]
+    med = ok.groupby(["paradigm", "width"]).final_test_acc.median().unstack(0)
+    out = {"median_test_acc": {p: {str(w): float(v) for w, v in med[p].items()} for p in med.columns}}
+    have = set(med.columns)
+    if {"BP+AD", "FF+AD"} <= have:
+        out["ff_ad_within_3_of_bp_ad"] = bool((med["BP+AD"] - med["FF+AD"]).abs().max() <= 3)
+    if {"FF+AD", "FF+DD"} <= have:
+        out["ff_dd_within_5_of_ff_ad"] = bool((med["FF+AD"] - med["FF+DD"]).abs().max() <= 5)
+    if {"BP+DD", "FF+DD"} <= have and len(med) > 1:
+        ws = sorted(med.index)
+        out["bp_dd_drop_small_to_large"] = float(med["BP+DD"][ws[0]] - med["BP+DD"][ws[-1]])
+        out["ff_dd_range"] = float(med["FF+DD"].max() - med["FF+DD"].min())
+        out["bp_dd_loses_20_ff_dd_flat"] = bool(out["bp_dd_drop_small_to_large"] >= 20 and out["ff_dd_range"] <= 5)
+    return out
+
+
+def plot_width(fin: pd.DataFrame, dataset: str):
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ok = fin[fin.status == "ok"]
+    for p, g in ok.groupby("paradigm"):
+        q = g.groupby("width").final_test_acc.quantile([0.25, 0.5, 0.75]).unstack()
+        ax.plot(q.index, q[0.5], marker="o", label=p)
+        ax.fill_between(q.index, q[0.25], q[0.75], alpha=0.2)
+    ax.set_xscale("log")
+    ws = sorted(set(ok.width))
+    ax.set_xticks(ws, [f"{w}\n{n_params(w) / 1e3:.0f}k" for w in ws], fontsize=8)
+    ax.set_xlabel("hidden width (total parameters)")
+    ax.set_ylabel("test accuracy (%), median and IQR")
+    ax.set_title(f"FFzero width sweep, {dataset}, MLP 784-w-w-w-10")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
