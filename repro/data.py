@@ -210,7 +210,7 @@ def fetch(name: str, root: Path | str | None = None, mirror: Path | str | None =
         if dest.exists():  # present but wrong: never used; replaced only by a verified copy
             bad = f"{dest}: checksum mismatch (expected md5 {rf.md5}); fetching a fresh copy"
             print(bad)
-        tmp = dest_dir / (rf.name + ".part")
+        tmp = dest_dir / f"{rf.name}.{os.getpid()}.part"  # per process: parallel workers may fetch at once
         errors: list[str] = []
         if mirror is not None and (mirror / name / rf.name).is_file():
             shutil.copyfile(mirror / name / rf.name, tmp)

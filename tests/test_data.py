@@ -125,7 +125,7 @@ def test_mirror_is_used_and_corrupt_file_rejected(tmp_path, monkeypatch):
     (root / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"damaged local copy")
     with pytest.raises(ChecksumError, match="t10k-labels-idx1-ubyte.gz"):
         data.fetch("mnist", root=root, mirror=mirror)
-    assert not (root / "mnist" / "t10k-labels-idx1-ubyte.gz.part").exists()
+    assert not list((root / "mnist").glob("*.part"))
     (root / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(good)
     data.fetch("mnist", root=root, mirror=mirror)  # good local copy: mirror not consulted
     assert (root / "mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes() == good
@@ -197,3 +197,18 @@ def test_real_mnist_shapes(mirror, tmp_path):
     d = data.load("mnist", root=tmp_path, fetch_missing=False)
     assert d.x_train.shape == (60000, 784) and d.x_test.shape == (10000, 784)
     assert abs(float(d.x_train.mean())) < 0.01 and abs(float(d.x_train.std()) - 1) < 0.01
+
+
+def _fetch_in_process(args):
+    root, mirror = args
+    from repro import data as d
+    d.fetch("wine_quality", root=root, mirror=mirror)
+    return True
+
+
+def test_concurrent_fetches_do_not_collide(tmp_path, mirror):
+    """Sweep workers may fetch the same dataset at the same moment."""
+    import multiprocessing as mp
+    with mp.get_context("spawn").Pool(4) as pool:
+        assert all(pool.map(_fetch_in_process, [(str(tmp_path), str(mirror))] * 8))
+    assert data.available("wine_quality", tmp_path) and not list((tmp_path / "wine_quality").glob("*.part"))

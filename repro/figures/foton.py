@@ -7,6 +7,7 @@ ReLU, orthogonal init, no bias, dropout 0.1 shared by both passes, plain SGD; th
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -86,3 +87,62 @@ def plot_depth(fin: pd.DataFrame, dataset: str):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- gradient alignment
+def alignment_jobs(P: dict) -> list[dict]:
+    """foton.md §3.2 E3/E4: FOTON vs PEPITA vs PEPITA with orthogonal init; cosine with the BP gradient
+    measured every ``align_every`` steps on the same batch, same masks, pre-update weights (§2.9 item 3)."""
+    jobs = []
+    for seed in P["seeds"]:
+        for act in P["acts"]:
+            for L in P["depths"]:
+                for method in P["methods"]:
+                    if method == "FOTON":
+                        rule, init, bias = {"name": "foton", "keep": P["keep"]}, "orthogonal", False
+                        optim = {"name": "sgd", "lr": P["lr"]["FOTON"]}
+                    else:
+                        rule = {"name": "pepita", "keep": P["keep"]}
+                        init = "orthogonal" if method == "PEPITA (orthogonal init)" else "he_uniform"
+                        bias, optim = False, {"name": "sgd", "lr": P["lr"]["PEPITA"], "momentum": 0.9}
+                    cfg = {"dataset": {"name": "mnist", "normalize": "standard", "n_train": P.get("n_train"),
+                                       "n_test": P.get("n_test")},
+                           "model": {"arch": "mlp", "width": P["width"], "depth": L - 1, "act": act, "loss": "ce",
+                                     "bias": bias, "init": init},
+                           "rule": rule, "optim": optim, "epochs": P["epochs"], "batch_size": P["batch_size"],
+                           "seed": seed, "align_every": P["align_every"]}
+                    jobs.append({"act": act, "layers": L, "method": method, "seed": seed, "config": cfg})
+    return jobs
+
+
+def run_alignment(P: dict, results: str = "results"):
+    done = run_all(alignment_jobs(P), store_for("foton_alignment", results), P, desc="foton_alignment")
+    hist = history_frame(done)
+    hist = hist[hist.epoch >= 1].copy()
+    hist["cos_hidden"] = hist["align_cos"].map(lambda c: float(np.nanmean(c[:-1])) if isinstance(c, list) else np.nan)
+    return hist, final_frame(done)
+
+
+def alignment_metrics(hist: pd.DataFrame) -> dict:
+    last = hist[hist.epoch == hist.epoch.max()]
+    m = {"final_cos_hidden": {}}
+    for (act, L, method), g in last.groupby(["act", "layers", "method"]):
+        m["final_cos_hidden"].setdefault(act, {}).setdefault(str(L), {})[method] = float(g.cos_hidden.mean())
+    deep = str(max(hist.layers))
+    checks = []
+    for act, d in m["final_cos_hidden"].items():
+        v = d.get(deep, {})
+        if "FOTON" in v and len(v) > 1:
+            checks.append(all(v["FOTON"] > x for k, x in v.items() if k != "FOTON"))
+    if checks:
+        m["foton_above_pepita_at_depth"] = bool(all(checks))
+        m["deepest"] = int(deep)
+    return m
+
+
+def plot_alignment(hist: pd.DataFrame):
+    g = sns.relplot(hist, x="epoch", y="cos_hidden", hue="method", col="act", row="layers", kind="line",
+                    errorbar=("pi", 100), height=2.8, aspect=1.3, facet_kws={"sharey": False})
+    g.set_axis_labels("epoch", "cos(update, BP grad)\nmean over hidden layers")
+    g.figure.suptitle("Alignment with the true gradient (same batch, same masks, pre-update weights)", y=1.02)
+    return g.figure
