@@ -95,3 +95,24 @@ def save(fig, path: str | Path, dpi: int = 110) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=dpi, bbox_inches="tight")
+
+
+def run_for_dataset(jobs: list[dict], dataset: str, section: str, P: dict, results: str | Path = "results"):
+    """For per-dataset stages: (history, finals, None), or (None, None, reason) when ``dataset`` cannot be
+    obtained here — the stage then skips it with that message instead of failing the pipeline."""
+    from .. import data as data_mod
+    reason = data_mod.try_fetch(dataset)
+    if reason is not None:
+        return None, None, reason
+    done = run_all(jobs, store_for(f"{section}/{dataset}", results), P, desc=f"{section} {dataset}")
+    return history_frame(done), final_frame(done), None
+
+
+def mark_skipped(out: str | Path, reason: str) -> None:
+    """Write a skipped stage's declared outputs (runs/, weights/, figures/, metrics.json) with the reason."""
+    out = Path(out)
+    print(f"SKIPPED {out.name}: {reason}")
+    for sub in ("runs", "weights", "figures"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        (out / sub / "SKIPPED.txt").write_text(reason + "\n")
+    write_metrics(out / "metrics.json", {"skipped": reason})

@@ -4,13 +4,11 @@ seeds, total parameter count per width. Widths and epochs are the spec's recomme
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .. import data as data_mod
 from ..rules import rule_config
-from .common import final_frame, history_frame, run_all, store_for
+from .common import run_for_dataset
 
 PARADIGMS = ("BP+AD", "BP+DD", "FF+AD", "FF+DD")
 
@@ -37,12 +35,9 @@ def width_jobs(P: dict, dataset: str) -> list[dict]:
 
 
 def run(P: dict, dataset: str, results: str = "results"):
-    reason = data_mod.try_fetch(dataset)
+    hist, fin, reason = run_for_dataset(width_jobs(P, dataset), dataset, "ffzero_width", P, results)
     if reason is not None:
         return None, None, reason
-    done = run_all(width_jobs(P, dataset), store_for(f"ffzero_width/{dataset}", results), P,
-                   desc=f"ffzero_width {dataset}")
-    hist, fin = history_frame(done), final_frame(done)
     fin["final_test_acc"] = 100.0 - fin["final_test_error"]
     return hist, fin, None
 

@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .. import data as data_mod
-from .common import final_frame, history_frame, run_all, store_for
+from .common import final_frame, history_frame, run_all, run_for_dataset, store_for
 
 # foton.md §4: numbers reported for CIFAR-100 (the paper's dataset for this figure)
 REPORTED = {"cifar100": {50: 12.6}}
@@ -49,11 +48,9 @@ def depth_jobs(P: dict, dataset: str) -> list[dict]:
 
 def run(P: dict, dataset: str, results: str = "results") -> tuple[pd.DataFrame | None, pd.DataFrame | None, str | None]:
     """(history, finals, None), or (None, None, reason) when the dataset cannot be obtained here."""
-    reason = data_mod.try_fetch(dataset)
+    hist, fin, reason = run_for_dataset(depth_jobs(P, dataset), dataset, "foton_depth", P, results)
     if reason is not None:
         return None, None, reason
-    done = run_all(depth_jobs(P, dataset), store_for(f"foton_depth/{dataset}", results), P, desc=f"foton_depth {dataset}")
-    hist, fin = history_frame(done), final_frame(done)
     for f in (hist, fin):
         for col in [c for c in f.columns if c.endswith("_error")]:
             f[col.replace("_error", "_acc")] = 100.0 - f[col]
