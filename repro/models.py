@@ -141,9 +141,16 @@ class MLP(nn.Module):
 
 
 def build_model(cfg: dict, n_in: int, n_out: int) -> MLP:
-    """``cfg``: {arch: mlp, width, depth, act, loss, bias, init}."""
+    """``cfg``: {arch: mlp, width, depth, act, loss, bias, init}; ``widths`` (a list of hidden widths),
+    when given, replaces width × depth."""
     arch = cfg.get("arch", "mlp")
     check_choice("model.arch", arch, ("mlp",))
+    if cfg.get("widths") is not None:
+        ws = cfg["widths"]
+        if not isinstance(ws, list) or any(not isinstance(w, int) or w < 1 for w in ws):
+            raise ConfigError(f"model.widths={ws!r} must be a list of positive integers")
+        return MLP([n_in] + ws + [n_out], act=cfg.get("act", "tanh"), loss=cfg.get("loss", "bce"),
+                   bias=cfg.get("bias", True), init=cfg.get("init", "default"))
     width, depth = cfg.get("width", 500), cfg.get("depth", 1)
     for k, v in (("model.width", width), ("model.depth", depth)):
         if not isinstance(v, int) or v < (0 if k == "model.depth" else 1):

@@ -37,7 +37,7 @@ from .rules import Batch, make_rule
 CACHE_VERSION = 1  # bump when a change alters what a given config computes
 DEFAULTS = {
     "dataset": {"name": "mnist", "normalize": "standard", "n_train": None, "n_test": None},
-    "model": {"arch": "mlp", "width": 500, "depth": 1, "act": "tanh", "loss": "bce", "bias": True,
+    "model": {"arch": "mlp", "width": 500, "depth": 1, "widths": None, "act": "tanh", "loss": "bce", "bias": True,
               "init": "default"},
     "rule": {"name": "bp"},
     "optim": {"name": "adam", "lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "milestones": [],
@@ -84,14 +84,18 @@ def normalize_config(cfg: dict) -> dict:
 
 # Settings added after runs were cached: left out of the key while at their default, so every
 # existing run keeps its key (a new setting must not invalidate the run cache).
-OMIT_FROM_KEY_IF_DEFAULT = {"align_every": 0}
+OMIT_FROM_KEY_IF_DEFAULT = {"align_every": 0, "model.widths": None}
 
 
 def run_key(cfg: dict) -> str:
     c = normalize_config(cfg)
     for k, v in OMIT_FROM_KEY_IF_DEFAULT.items():
-        if c.get(k) == v:
-            c.pop(k)
+        *head, last = k.split(".")
+        d = c
+        for h in head:
+            d = d[h]
+        if d.get(last) == v:
+            d.pop(last)
     blob = json.dumps({"v": CACHE_VERSION, **c}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

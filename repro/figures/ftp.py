@@ -1,0 +1,82 @@
+"""FTP (arXiv 2506.11030) — a RECONSTRUCTION: main accuracy table (FTP vs BP vs PEPITA vs DRTP on the
+FC net 784/3072-1024-128-C of the authors' MAC sheet) and the γ sensitivity sweep (ftp.md §4.2–4.3, §5).
+Training settings are PEPITA's public defaults, which the spec recommends because the nets coincide:
+SGD + momentum 0.9, lr 0.01, batch 64, ×0.1 at epochs 60 and 90, He-uniform init, inputs in [0, 1]."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from .common import run_for_dataset
+
+
+def _cfg(P: dict, dataset: str, rule: dict, bias: bool, seed: int) -> dict:
+    return {"dataset": {"name": dataset, "normalize": "unit", "n_train": P.get("n_train"), "n_test": P.get("n_test")},
+            "model": {"arch": "mlp", "widths": P["widths"], "act": P["act"], "loss": "ce", "bias": bias,
+                      "init": "he_uniform"},
+            "rule": rule,
+            "optim": {"name": "sgd", "lr": P["lr"], "momentum": 0.9, "milestones": P["milestones"], "gamma": 0.1},
+            "epochs": P["epochs"], "batch_size": P["batch_size"], "seed": seed}
+
+
+def table_jobs(P: dict, dataset: str) -> list[dict]:
+    rules = {"BP": ({"name": "bp"}, True), "DRTP": ({"name": "drtp"}, True),
+             "PEPITA": ({"name": "pepita", "keep": P["keep"]}, False),  # PEPITA's nets have no biases
+             "FTP": ({"name": "ftp", "gamma": P["gamma"], "keep": P["keep"]}, True)}
+    jobs = []
+    for seed in P["seeds"]:
+        for m in P["methods"]:
+            rule, bias = rules[m]
+            jobs.append({"dataset": dataset, "method": m, "gamma": P["gamma"] if m == "FTP" else None, "seed": seed,
+                         "config": _cfg(P, dataset, rule, bias, seed)})
+        if dataset == P["gamma_sweep_dataset"]:
+            for g in P["gammas"]:
+                if g != P["gamma"]:
+                    rule = {"name": "ftp", "gamma": g, "keep": P["keep"]}
+                    jobs.append({"dataset": dataset, "method": "FTP", "gamma": g, "seed": seed,
+                                 "config": _cfg(P, dataset, rule, True, seed)})
+    return jobs
+
+
+def run(P: dict, dataset: str, results: str = "results"):
+    hist, fin, reason = run_for_dataset(table_jobs(P, dataset), dataset, "ftp_table", P, results)
+    if reason is None:
+        fin["final_test_acc"] = 100.0 - fin["final_test_error"]
+        fin["best_test_acc"] = 100.0 - fin["best_test_error"]
+    return hist, fin, reason
+
+
+def metrics(fin: pd.DataFrame, P: dict) -> dict:
+    ok = fin[fin.status == "ok"]
+    main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
+    out = {"final_test_acc": {m: {"mean": float(g.final_test_acc.mean()), "std": float(g.final_test_acc.std(ddof=1))
+                                  if len(g) > 1 else 0.0, "n": int(len(g))} for m, g in main.groupby("method")},
+           "best_test_acc": {m: float(g.best_test_acc.mean()) for m, g in main.groupby("method")},
+           "gamma_sweep": {str(k): float(g.final_test_acc.mean()) for k, g in ok[ok.method == "FTP"].groupby("gamma")},
+           "diverged": {m: int((g.status == "diverged").sum()) for m, g in fin.groupby("method")}}
+    a = out["final_test_acc"]
+    if "FTP" in a and "BP" in a:
+        out["ftp_fp32_within_2_of_bp"] = bool(a["BP"]["mean"] - a["FTP"]["mean"] <= 2.0)
+    return out
+
+
+def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
+    ok = fin[fin.status == "ok"]
+    main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    sns.pointplot(main, x="method", y="final_test_acc", order=[m for m in P["methods"] if m in set(main.method)],
+                  errorbar="sd", linestyle="none", capsize=0.2, ax=axes[0])
+    sns.stripplot(main, x="method", y="final_test_acc", order=[m for m in P["methods"] if m in set(main.method)],
+                  color="0.4", size=4, ax=axes[0])
+    axes[0].set_title(f"{dataset}: FC {'-'.join(map(str, P['widths']))}, final test accuracy")
+    axes[0].set_ylabel("test accuracy (%)")
+    g = ok[ok.method == "FTP"]
+    if g.gamma.nunique() > 1:
+        sns.lineplot(g, x="gamma", y="final_test_acc", marker="o", errorbar="sd", ax=axes[1])
+        axes[1].set_xscale("log")
+        axes[1].set_title("FTP γ sensitivity")
+    else:
+        axes[1].set_axis_off()
+    fig.tight_layout()
+    return fig
