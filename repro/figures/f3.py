@@ -90,12 +90,56 @@ def variant_jobs(P: dict) -> list[dict]:
     return jobs
 
 
+def depth_jobs(P: dict) -> list[dict]:
+    """Fig. 4a (f3.md §3.6 E4, §6 item 5): SGEMM, width 500, d hidden layers; lr by depth group (§3.5)."""
+    jobs = []
+    for seed in P["seeds"]:
+        for d in P["depths"]:
+            group = "d1" if d == 1 else ("d2" if d == 2 else "d10")
+            S = {**P, "depth": d, "lr": P["lr"][group]}
+            for label in P["algorithms"]:
+                j = mlp_job("sgemm", label, seed, S, "mse")
+                jobs.append({**j, "depth": d})
+    return jobs
+
+
+def depth_metrics(fin: pd.DataFrame) -> dict:
+    ok = fin[fin.status == "ok"]
+    m = {"test_mse": {a: {str(d): float(g[g.depth == d].final_test_loss.mean()) for d in sorted(set(g.depth))}
+                      for a, g in ok.groupby("algorithm")},
+         "diverged": {a: {str(d): int((g[g.depth == d].status == "diverged").sum()) for d in sorted(set(g.depth))}
+                      for a, g in fin.groupby("algorithm")}}
+    dfa = m["test_mse"].get("DFA", {})
+    if len(dfa) > 1:
+        # "DFA flat vs depth" (f3.md §4), operationalised: DFA's worst depth within 2× of its best depth
+        m["dfa_max_over_min"] = max(dfa.values()) / min(dfa.values())
+        m["dfa_flat_with_depth"] = bool(m["dfa_max_over_min"] <= 2.0)
+    return m
+
+
+def plot_depth(fin: pd.DataFrame):
+    d = fin.copy()
+    d.loc[d.status != "ok", "final_test_loss"] = float("nan")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    sns.lineplot(d, x="depth", y="final_test_loss", hue="algorithm", palette=PALETTE, marker="o",
+                 errorbar=("pi", 100), ax=ax)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(sorted(set(d.depth)), [str(x) for x in sorted(set(d.depth))])
+    ax.set_xlabel("hidden layers")
+    ax.set_ylabel("final test MSE (SGEMM, standardised)")
+    ax.set_title("Fig. 4a: depth scaling (diverged runs omitted)")
+    fig.tight_layout()
+    return fig
+
+
 VARIANT_LABEL = {"delayed_error": "Error", "delayed_loss": "Loss", "delayed_error_one_hot": "Error+OneHot",
                  "delayed_loss_one_hot": "Loss+OneHot", "delayed_error_softmax": "Error+Softmax",
                  "delayed_loss_softmax": "Loss+Softmax"}
 INIT_LABEL = {"kaiming_uniform": "Kaiming", "trinomial": "Trinomial", "binomial": "Binomial", "pm_identity": "±I"}
 
-JOBS = {"f3_regression": regression_jobs, "f3_mnist": mnist_jobs, "f3_variants": variant_jobs}
+JOBS = {"f3_regression": regression_jobs, "f3_mnist": mnist_jobs, "f3_variants": variant_jobs,
+        "f3_depth": depth_jobs}
 
 
 def run(section: str, P: dict, results: str = "results", only: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
