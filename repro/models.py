@@ -99,6 +99,7 @@ class MLP(nn.Module):
         check_choice("loss", loss, LOSSES)
         check_choice("init", init, ("default", "he_uniform", "orthogonal"))
         self.sizes, self.act_name, self.loss, self.init_name = list(sizes), act, loss, init
+        self.hw = None  # a repro.quant.Hardware when the run simulates low-precision / analog hardware
         self.act = ACTIVATIONS[act]
         self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(sizes[:-1], sizes[1:]))
         for lin in self.layers:
@@ -117,6 +118,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Model output y (sigmoid probabilities for BCE, logits for CE, values for MSE)."""
+        if self.hw is not None:
+            return self.forward_all(x)[1][-1]
         h = x
         for lin in self.layers[:-1]:
             h = self.act.fn(lin(h))
@@ -127,12 +130,17 @@ class MLP(nn.Module):
         ``masks[i]`` (optional) multiplies hidden pre-activation i (consistent dropout)."""
         hs, zs = [x], []
         h = x
+        hw = self.hw
         for i, lin in enumerate(self.layers):
-            z = lin(h)
+            z = lin(h) if hw is None else torch.nn.functional.linear(h, hw.weight(lin.weight), lin.bias)
             if i < len(self.layers) - 1:
                 if masks is not None:
                     z = z * masks[i]
                 h = self.act.fn(z)
+                if hw is not None:
+                    h = hw.act(h)
+                    if h.requires_grad and hw.cfg["signals"]:  # BP: round the back-propagated error
+                        h.register_hook(hw.signal)
             else:
                 h = output(self.loss, z)
             zs.append(z)

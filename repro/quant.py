@@ -51,3 +51,56 @@ def read_noise(w: torch.Tensor, rho: float, generator: torch.Generator | None = 
     if rho == 0:
         return w
     return w * (1 + rho * torch.randn(w.shape, generator=generator, dtype=w.dtype, device=w.device))
+
+
+HARDWARE_DEFAULTS = {"bits": 32, "weights": False, "activations": False, "signals": False,
+                     "weight_rounding": "stochastic", "write_noise": 0.0, "read_noise": 0.0}
+
+
+class Hardware:
+    """A run's hardware model (config key ``hardware``), applied identically whatever the rule:
+
+    - ``weights``: after every optimizer step the trained weights are stored quantised (stochastic
+      rounding by default; no float master copy), then ``write_noise`` (κ) is added;
+    - ``activations``: every hidden activation of every forward pass is rounded to the grid (with a
+      straight-through gradient when autograd is on); ``read_noise`` (ρ) perturbs W in every pass;
+    - ``signals``: learning signals are rounded — BP's back-propagated errors at every hidden layer, and
+      each forward-only rule's own signals (FTP's correction, targets and local errors; PEPITA's error
+      and activity differences; the projected feedback of DFA/DRTP/F³)."""
+
+    def __init__(self, cfg: dict):
+        unknown = set(cfg) - set(HARDWARE_DEFAULTS)
+        if unknown:
+            raise ConfigError(f"unknown hardware key(s) {sorted(unknown)}; allowed: {sorted(HARDWARE_DEFAULTS)}")
+        c = {**HARDWARE_DEFAULTS, **cfg}
+        quantize(torch.zeros(1), c["bits"], c["weight_rounding"])  # validates bits and rounding
+        for k in ("write_noise", "read_noise"):
+            if not isinstance(c[k], (int, float)) or c[k] < 0:
+                raise ConfigError(f"hardware.{k}={c[k]!r} must be a non-negative number")
+        self.cfg = c
+        self.bits = c["bits"]
+
+    def q(self, x: torch.Tensor) -> torch.Tensor:
+        return quantize(x, self.bits, "nearest")
+
+    def act(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.cfg["activations"] or self.bits >= 32:
+            return h
+        if h.requires_grad:  # straight-through estimator
+            return h + (self.q(h.detach()) - h).detach()
+        return self.q(h)
+
+    def signal(self, t: torch.Tensor) -> torch.Tensor:
+        return self.q(t) if self.cfg["signals"] else t
+
+    def weight(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight as one forward pass reads it (read noise)."""
+        return read_noise(w, self.cfg["read_noise"]) if self.cfg["read_noise"] else w
+
+    @torch.no_grad()
+    def after_step(self, params) -> None:
+        for p in params:
+            if self.cfg["weights"] and self.bits < 32:
+                p.copy_(quantize(p, self.bits, self.cfg["weight_rounding"]))
+            if self.cfg["write_noise"]:
+                p.copy_(write_noise(p, self.cfg["write_noise"]))

@@ -46,6 +46,7 @@ DEFAULTS = {
     "batch_size": 50,
     "seed": 1,
     "align_every": 0,  # measure per-layer cosine(update, BP gradient) every n steps; 0 = off
+    "hardware": None,  # low-precision / analog hardware model (repro.quant.Hardware); None = float
 }
 EVAL_BATCH = 10_000
 LAYERWISE_RULES = ("ff",)  # rules whose phases are the model's layers (progress-bar step counts)
@@ -59,6 +60,12 @@ def normalize_config(cfg: dict) -> dict:
     out = copy.deepcopy(DEFAULTS)
     for k, v in cfg.items():
         if k == "tags":
+            continue
+        if k == "hardware":
+            if v is not None:
+                from .quant import Hardware
+                Hardware(v)  # validates
+                out[k] = dict(v)
             continue
         if isinstance(DEFAULTS[k], dict):
             if not isinstance(v, dict):
@@ -84,7 +91,7 @@ def normalize_config(cfg: dict) -> dict:
 
 # Settings added after runs were cached: left out of the key while at their default, so every
 # existing run keeps its key (a new setting must not invalidate the run cache).
-OMIT_FROM_KEY_IF_DEFAULT = {"align_every": 0, "model.widths": None}
+OMIT_FROM_KEY_IF_DEFAULT = {"align_every": 0, "model.widths": None, "hardware": None}
 
 
 def run_key(cfg: dict) -> str:
@@ -172,6 +179,9 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
     model = build_model(cfg["model"], data.n_in, data.n_out).to(dev)
     if model.loss == "bce" and data.task != "classification":
         raise ConfigError("model.loss='bce' needs a classification dataset; use 'mse' for regression")
+    if cfg["hardware"] is not None:
+        from .quant import Hardware
+        model.hw = Hardware(cfg["hardware"])
     rule = make_rule(cfg["rule"])
     rule.setup(model, len(data.x_train))
     if hasattr(rule, "init_buffer"):
@@ -222,6 +232,8 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
                 if cfg["align_every"] and step_no % cfg["align_every"] == 0:
                     aligns.append(bp_alignment(model, batch, out.extras.get("masks")))
                 opt.step()
+                if model.hw is not None:
+                    model.hw.after_step(group if layerwise else rule.trainable(model))
                 rule.after_step(model, batch, out)
                 loss_sum += out.loss * len(idx)
             if sched is not None:

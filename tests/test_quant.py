@@ -54,3 +54,61 @@ def test_noise_models():
     assert abs(float((write_noise(w, 0.05, g) - w).std()) - 0.1) < 2e-3  # κ·max|W| = 0.1
     r = read_noise(w[1:], 0.1, g)
     assert abs(float(r.std()) - 0.1) < 2e-3 and write_noise(w, 0) is w
+
+
+# ------------------------------------------------------------------------- hardware in training
+def _cfg(rule, hw, epochs=1):
+    return {"dataset": {"name": "mnist", "n_train": 64, "n_test": 32},
+            "model": {"widths": [16, 8], "act": "relu", "loss": "ce"}, "rule": rule,
+            "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "epochs": epochs, "batch_size": 16, "seed": 1,
+            "hardware": hw}
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    from conftest import tiny_data
+    from repro import train as T
+    d = tiny_data(64, 32, 784, 10)
+    monkeypatch.setattr(T, "load_data", lambda c, dev: d)
+    return T
+
+
+@pytest.mark.parametrize("rule", [{"name": "bp"}, {"name": "ftp"}, {"name": "pepita", "keep": 1.0}, {"name": "drtp"}])
+def test_weights_are_stored_on_the_grid(tiny, rule):
+    res = tiny.train(_cfg(rule, {"bits": 4, "weights": True}, epochs=2))
+    for lin in res.model.layers:
+        w = lin.weight.detach()
+        k = w / (w.abs().max() / 7)
+        assert torch.allclose(k, k.round(), atol=1e-4)
+
+
+def test_float_hardware_is_the_float_run_and_keys_differ(tiny):
+    a = tiny.train(_cfg({"name": "ftp"}, None)).record
+    b = tiny.train(_cfg({"name": "ftp"}, {"bits": 32})).record
+    assert [h["test_loss"] for h in a["history"]] == [h["test_loss"] for h in b["history"]]
+    assert tiny.run_key(_cfg({"name": "ftp"}, None)) != tiny.run_key(_cfg({"name": "ftp"}, {"bits": 4}))
+
+
+def test_bp_signals_are_rounded_in_the_backward_pass():
+    from repro.models import MLP, loss_value
+    from repro.quant import Hardware
+    torch.manual_seed(0)
+    m = MLP([6, 5, 3], act="identity", loss="ce")
+    m.hw = Hardware({"bits": 3, "signals": True})
+    x, t = torch.randn(4, 6), torch.nn.functional.one_hot(torch.arange(4) % 3, 3).float()
+    _, hs = m.forward_all(x)
+    seen = []
+    hs[1].register_hook(lambda g: seen.append(g))
+    loss_value("ce", hs[-1], t).backward()
+    g = m.layers[0].weight.grad  # = δ_1ᵀ x with δ_1 rounded to 3 bits
+    delta = seen[0]
+    q = quantize(delta, 3)
+    torch.testing.assert_close(g, q.t() @ x)
+
+
+def test_bad_hardware_config(tiny):
+    from repro.models import ConfigError
+    with pytest.raises(ConfigError, match="unknown hardware key"):
+        tiny.train(_cfg({"name": "bp"}, {"bit": 4}))
+    with pytest.raises(ConfigError, match="bits=1"):
+        tiny.train(_cfg({"name": "bp"}, {"bits": 1}))

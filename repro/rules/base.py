@@ -96,6 +96,12 @@ def dropout_masks(model: nn.Module, batch_size: int, keep: float, device) -> lis
     return [torch.bernoulli(torch.full((batch_size, n), keep, device=device)) / keep for n in model.sizes[1:-1]]
 
 
+def signal(model: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """A learning signal as the run's hardware model carries it (rounded when ``hardware.signals``)."""
+    hw = getattr(model, "hw", None)
+    return t if hw is None else hw.signal(t)
+
+
 def set_grad(p: nn.Parameter, g: torch.Tensor) -> None:
     """Write an update (a freshly computed tensor) into ``p.grad``."""
     p.grad = g.detach()

@@ -13,7 +13,7 @@ import math
 import torch
 
 from ..models import check_choice, dloss_dz, loss_value
-from .base import Batch, Rule, StepOut, set_grad
+from .base import Batch, Rule, StepOut, set_grad, signal
 
 FEEDBACK_INITS = ("kaiming_uniform", "trinomial", "binomial", "pm_identity")
 
@@ -67,7 +67,7 @@ class DirectFeedback(Rule):
         if self.train_hidden:
             e = self.feedback(batch, y)
             for i, lin in enumerate(model.layers[:-1]):
-                dz = (e @ self.B[i]) * model.act.grad(zs[i], hs[i + 1])
+                dz = signal(model, e @ self.B[i]) * model.act.grad(zs[i], hs[i + 1])
                 set_grad(lin.weight, dz.t() @ hs[i])
                 if lin.bias is not None:
                     set_grad(lin.bias, dz.sum(0))

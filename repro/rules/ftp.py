@@ -17,7 +17,7 @@ import math
 import torch
 
 from ..models import ACTIVATIONS, ConfigError, check_choice, dloss_dz, loss_value, prediction
-from .base import Batch, Rule, StepOut, dropout_masks, set_grad
+from .base import Batch, Rule, StepOut, dropout_masks, set_grad, signal
 
 
 class FTP(Rule):
@@ -48,20 +48,22 @@ class FTP(Rule):
         g = self.params["gamma"]
         base = self.psi(model, yhat @ self.G)
         if self.params["gamma_mode"] == "scale":
-            return h1 + g * (self.psi(model, y @ self.G) - base)
-        return h1 + self.psi(model, (yhat + g * (y - yhat)) @ self.G) - base
+            return h1 + signal(model, g * (self.psi(model, y @ self.G) - base))
+        return h1 + signal(model, self.psi(model, (yhat + g * (y - yhat)) @ self.G) - base)
 
     @torch.no_grad()
     def targets(self, model, hs: list[torch.Tensor], y: torch.Tensor, masks=None) -> list[torch.Tensor]:
         """τ_1 … τ_{L−1} and pass 2's output pre-activation (last entry)."""
         yhat = prediction(model.loss, hs[-1])
-        taus = [self.first_target(model, hs[1], yhat, y)]
+        taus = [signal(model, self.first_target(model, hs[1], yhat, y))]
+        hw = getattr(model, "hw", None)
         for i, lin in enumerate(model.layers[1:], start=1):
-            z = lin(taus[-1])
+            z = lin(taus[-1]) if hw is None else torch.nn.functional.linear(taus[-1], hw.weight(lin.weight), lin.bias)
             if i < len(model.layers) - 1:
                 if masks is not None:
                     z = z * masks[i]
-                taus.append(model.act.fn(z))
+                h = model.act.fn(z)
+                taus.append(signal(model, h if hw is None else hw.act(h)))
             else:
                 taus.append(z)
         return taus
@@ -75,7 +77,7 @@ class FTP(Rule):
         taus = self.targets(model, hs, y, m)
         L = len(model.layers)
         for i, lin in enumerate(model.layers[:-1]):  # hidden layers: local target losses
-            d = (hs[i + 1] - taus[i]) * model.act.grad(zs[i], hs[i + 1])
+            d = signal(model, hs[i + 1] - taus[i]) * model.act.grad(zs[i], hs[i + 1])
             if m is not None:
                 d = d * m[i]
             pre = hs[i] if (i == 0 or self.params["pre"] == "h") else taus[i - 1]

@@ -13,7 +13,7 @@ import math
 import torch
 
 from ..models import loss_value, prediction
-from .base import Batch, Rule, StepOut, dropout_masks, set_grad
+from .base import Batch, Rule, StepOut, dropout_masks, set_grad, signal
 
 
 class PEPITA(Rule):
@@ -42,7 +42,7 @@ class PEPITA(Rule):
         x, t = batch.x, batch.y
         m = self.masks(model, x.shape[0], x.device)
         _, hs = model.forward_all(x, m)
-        e = self.error(model, hs[-1], t)
+        e = signal(model, self.error(model, hs[-1], t))
         xm = x + self.params["sign"] * (e @ self.feedback().t())
         _, hm = model.forward_all(xm, m)
         em = self.error(model, hm[-1], t)
@@ -50,8 +50,9 @@ class PEPITA(Rule):
         L = len(model.layers)
         for i, lin in enumerate(model.layers):
             if i < L - 1:
-                g = (hs[i + 1] - hm[i + 1]).t() @ hm[i] / B  # hm[0] = x̃
-                gb = (hs[i + 1] - hm[i + 1]).sum(0) / B
+                diff = signal(model, hs[i + 1] - hm[i + 1])
+                g = diff.t() @ hm[i] / B  # hm[0] = x̃
+                gb = diff.sum(0) / B
             else:
                 eo = em if self.params["output_error"] == "modulated" else e
                 g = eo.t() @ hm[i] / B
