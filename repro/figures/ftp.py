@@ -80,3 +80,68 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
         axes[1].set_axis_off()
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------ quantised training
+LEVELS = {"weights": {"weights": True},
+          "weights+activations": {"weights": True, "activations": True},
+          "full": {"weights": True, "activations": True, "signals": True}}
+
+
+def quantized_jobs(P: dict, dataset: str) -> list[dict]:
+    """ftp.md §3.2 protocol: the same nets and training for every method; bit widths swept; three
+    ablation levels (weights; + activations; + learning signals); 32 bits = float for all levels."""
+    rules = {"BP": ({"name": "bp"}, True), "DRTP": ({"name": "drtp"}, True),
+             "PEPITA": ({"name": "pepita", "keep": P["keep"]}, False),
+             "FTP": ({"name": "ftp", "gamma": P["gamma"], "keep": P["keep"]}, True)}
+    jobs = []
+    for seed in P["seeds"]:
+        for level in P["levels"]:
+            for bits in P["bits"]:
+                for m in P["methods"]:
+                    rule, bias = rules[m]
+                    cfg = _cfg(P, dataset, rule, bias, seed)
+                    if bits < 32:
+                        cfg["hardware"] = {"bits": bits, **LEVELS[level], "weight_rounding": P["weight_rounding"]}
+                    jobs.append({"dataset": dataset, "method": m, "bits": bits, "level": level, "seed": seed,
+                                 "config": cfg})
+    return jobs
+
+
+def run_quantized(P: dict, dataset: str, results: str = "results"):
+    hist, fin, reason = run_for_dataset(quantized_jobs(P, dataset), dataset, "ftp_quantized", P, results)
+    if reason is None:
+        fin["final_test_acc"] = 100.0 - fin["final_test_error"]
+    return hist, fin, reason
+
+
+def quantized_metrics(fin: pd.DataFrame) -> dict:
+    ok = fin[fin.status == "ok"]
+    acc = {lvl: {m: {str(b): float(g[g.bits == b].final_test_acc.mean()) for b in sorted(set(g.bits))}
+                 for m, g in d.groupby("method")} for lvl, d in ok.groupby("level")}
+    out = {"final_test_acc": acc,
+           "diverged": {lvl: int((d.status == "diverged").sum()) for lvl, d in fin.groupby("level")}}
+    full = acc.get("full", {})
+    if "FTP" in full and "BP" in full and "32" in full["FTP"]:
+        out["ftp_fp32_within_2_of_bp"] = bool(full["BP"]["32"] - full["FTP"]["32"] <= 2.0)
+        low = [b for b in full["FTP"] if int(b) <= 4 and b in full["BP"]]
+        if low:  # drop from each method's own 32-bit accuracy, at every bit width ≤ 4
+            drops = {b: (full["FTP"]["32"] - full["FTP"][b], full["BP"]["32"] - full["BP"][b]) for b in low}
+            out["drops_le4_bits"] = {b: {"FTP": f, "BP": bp} for b, (f, bp) in drops.items()}
+            out["ftp_degrades_less_than_bp_le4"] = bool(all(f < bp for f, bp in drops.values()))
+    return out
+
+
+def plot_quantized(fin: pd.DataFrame, dataset: str):
+    d = fin.copy()
+    d.loc[d.status != "ok", "final_test_acc"] = float("nan")
+    g = sns.relplot(d, x="bits", y="final_test_acc", hue="method", col="level", kind="line", marker="o",
+                    errorbar="sd", height=3.2, aspect=1.15)
+    for ax in g.axes.flat:
+        ax.set_xscale("log", base=2)
+        ticks = sorted(set(d.bits))
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.invert_xaxis()
+    g.set_axis_labels("bits (32 = float)", "final test accuracy (%)")
+    g.figure.suptitle(f"FTP vs BP under quantisation, {dataset} (mean ± std over seeds)", y=1.03)
+    return g.figure
