@@ -27,7 +27,7 @@ from .rules import Batch, make_rule
 from .train import evaluate, make_optimizer, resolve_device
 
 AUTHORS_EPOCH_S = 31.5  # F³ authors' code, MNIST d=1 w=500 batch 50, on this 2-core machine (issue #2)
-RULES = ["bp", "dfa", "drtp", "f3", "pepita"]
+RULES = ["bp", "dfa", "drtp", "f3", "pepita", "ftp"]
 RULE_CFG = {"foton_low_memory": {"name": "foton", "low_memory": True},
             "ff_ad": {"name": "ff", "estimator": "ad"}, "ff_dd": {"name": "ff", "estimator": "dd"}}
 FF_NET = ("bp", "bp_dd", "ff_ad", "ff_dd")
