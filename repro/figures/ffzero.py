@@ -75,3 +75,81 @@ def plot_width(fin: pd.DataFrame, dataset: str):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------- diagnostic: DD vs true gradient
+def dd_cosine(P: dict):
+    """Cosine between the DD estimate and the true gradient vs the size d of the perturbed block:
+    BP+DD perturbs the whole network (global CE), FF+DD one layer (its local hinge loss). Real MNIST
+    batches, untrained nets 784-w-w-w-10; ``draws`` estimates per point. For K directions the expected
+    cosine is ≈ √(2K/(πd)) when K ≪ d (the estimate's direction is a random projection)."""
+    import math
+
+    import torch
+
+    from .. import data as data_mod
+    from ..models import MLP, loss_value
+    from ..rules import Batch, make_rule
+
+    d = data_mod.load("mnist", normalize="unit", n_train=P["batch_size"] * P["batches"])
+    rows = []
+    torch.manual_seed(P["seed"])
+    for w in P["widths"]:
+        for k in P["directions"]:
+            model = MLP([784, w, w, w, 10], act=P["act"], loss="ce").requires_grad_(False)
+            blocks = [("BP+DD", None)] + [(f"FF+DD layer {i + 1}", i) for i in range(len(model.layers))]
+            for paradigm, layer in blocks:
+                if layer is None:
+                    est = make_rule({"name": "bp_dd", "directions": k, "eps": P["eps"]})
+                    params = list(model.parameters())
+                else:
+                    est = make_rule({"name": "ff", "estimator": "dd", "directions": k, "eps": P["eps"]})
+                    est.setup(model, len(d.x_train))
+                    est.begin_phase(model, layer, d)
+                    params = list(model.layers[layer].parameters())
+                size = sum(p.numel() for p in params)
+                for draw in range(P["draws"]):
+                    s = (draw % P["batches"]) * P["batch_size"]
+                    idx = torch.arange(s, s + P["batch_size"])
+                    b = Batch(idx, d.x_train[idx], d.y_train[idx])
+                    with torch.enable_grad():  # the true gradient of this batch's loss
+                        for p in params:
+                            p.requires_grad_(True)
+                        if layer is None:
+                            loss = loss_value("ce", model(b.x), b.y)
+                        else:
+                            loss = est.local_loss(model.layers[layer](est.cache[idx]), b.y.argmax(1), layer)
+                        true = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+                        for p in params:
+                            p.requires_grad_(False)
+                    est.step(model, b)
+                    g = torch.cat([p.grad.flatten() for p in params])
+                    rows.append({"paradigm": paradigm, "width": w, "block_size": size, "directions": k,
+                                 "draw": draw, "cos": float(g @ true / (g.norm() * true.norm()).clamp_min(1e-30)),
+                                 "theory": math.sqrt(2 * k / (math.pi * size))})
+    return pd.DataFrame(rows)
+
+
+def dd_metrics(df: pd.DataFrame) -> dict:
+    m = df.groupby(["paradigm", "directions", "width"]).agg(cos=("cos", "mean"), block=("block_size", "first"),
+                                                            theory=("theory", "first")).reset_index()
+    return {f"{r.paradigm}|K={r.directions}|w={r.width}": {"block_size": int(r.block), "mean_cos": float(r.cos),
+                                                           "theory": float(r.theory)} for r in m.itertuples()}
+
+
+def plot_dd_cosine(df: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    m = df.groupby(["paradigm", "directions", "block_size"]).cos.agg(["mean", "std"]).reset_index()
+    for (p, k), g in m.groupby(["paradigm", "directions"]):
+        ax.errorbar(g.block_size, g["mean"], yerr=g["std"], marker="o", capsize=3, label=f"{p}, K={k}")
+    t = df.groupby(["directions", "block_size"]).theory.first().reset_index()
+    for k, g in t.groupby("directions"):
+        ax.plot(g.block_size, g.theory, "k--", lw=0.8, label="√(2K/πd)" if k == t.directions.min() else None)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters in the perturbed block, d")
+    ax.set_ylabel("cos(DD estimate, true gradient)")
+    ax.set_title("Directional-derivative estimates vs block size (untrained nets, MNIST batches)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
