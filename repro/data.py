@@ -59,6 +59,9 @@ class DatasetEntry:
     citation: str
     licence: str
     offline_here: bool = True  # a copy is in this project's shared mirror
+    n_in: int = 0  # flattened input size
+    n_out: int = 0  # classes, or 1 for regression
+    n_train: int = 0  # training samples after the paper's split
 
 
 _MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
@@ -84,6 +87,7 @@ REGISTRY: dict[str, DatasetEntry] = {
         "classification",
         "LeCun, Bottou, Bengio, Haffner (1998), Proc. IEEE 86(11)",
         "no explicit licence (commonly listed as CC BY-SA 3.0)",
+        n_in=784, n_out=10, n_train=60000,
     ),
     "fashion_mnist": DatasetEntry(
         "fashion_mnist",
@@ -102,6 +106,7 @@ REGISTRY: dict[str, DatasetEntry] = {
         "Xiao, Rasul, Vollgraf (2017), arXiv:1708.07747",
         "MIT",
         offline_here=False,
+        n_in=784, n_out=10, n_train=60000,
     ),
     "cifar10": DatasetEntry(
         "cifar10",
@@ -111,6 +116,7 @@ REGISTRY: dict[str, DatasetEntry] = {
         "Krizhevsky (2009), Learning Multiple Layers of Features from Tiny Images",
         "no formal licence",
         offline_here=False,
+        n_in=3072, n_out=10, n_train=50000,
     ),
     "cifar100": DatasetEntry(
         "cifar100",
@@ -120,6 +126,7 @@ REGISTRY: dict[str, DatasetEntry] = {
         "Krizhevsky (2009), Learning Multiple Layers of Features from Tiny Images",
         "no formal licence",
         offline_here=False,
+        n_in=3072, n_out=100, n_train=50000,
     ),
     "wine_quality": DatasetEntry(
         "wine_quality",
@@ -132,6 +139,7 @@ REGISTRY: dict[str, DatasetEntry] = {
         "regression",
         "Cortez et al. (2009), Decision Support Systems 47(4)",
         "CC BY 4.0 (UCI)",
+        n_in=12, n_out=1, n_train=5197,
     ),
     "sgemm": DatasetEntry(
         "sgemm",
@@ -140,6 +148,7 @@ REGISTRY: dict[str, DatasetEntry] = {
         "regression",
         "Ballester-Ripoll, Paredes, Pajarola (2017), arXiv:1712.00233; Nugteren & Codreanu (2015)",
         "CC BY 4.0 (UCI)",
+        n_in=14, n_out=1, n_train=773120,
     ),
 }
 

@@ -303,7 +303,8 @@ class RunStore:
         key = run_key(cfg)
         state = torch.load(self.weights / f"{key}.pt", map_location=device, weights_only=True)
         d = cfg["dataset"]
-        n_in, n_out = _io_sizes(d["name"])
+        e = data_mod.entry(d["name"])
+        n_in, n_out = e.n_in, e.n_out
         model = build_model(cfg["model"], n_in, n_out)
         model.load_state_dict(state["model"])
         return model, state["rule"]
@@ -311,11 +312,6 @@ class RunStore:
 
 def jsonable_tensors(state: dict) -> dict:
     return {k: (jsonable_tensors(v) if isinstance(v, dict) else v.detach().cpu().clone()) for k, v in state.items()}
-
-
-def _io_sizes(name: str) -> tuple[int, int]:
-    return {"mnist": (784, 10), "fashion_mnist": (784, 10), "cifar10": (3072, 10), "cifar100": (3072, 100),
-            "wine_quality": (12, 1), "sgemm": (14, 1)}[name]
 
 
 def run_cached(cfg: dict, store: RunStore, device: str = "auto", progress=None) -> dict:
@@ -331,8 +327,7 @@ def _steps(cfg: dict) -> int:
     c = normalize_config(cfg)
     d = c["dataset"]
     phases = c["model"]["depth"] + 1 if c["rule"].get("name") in LAYERWISE_RULES else 1
-    n = d["n_train"] or {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000,
-                         "wine_quality": 5197, "sgemm": 773120}[d["name"]]
+    n = d["n_train"] or data_mod.entry(d["name"]).n_train
     return phases * c["epochs"] * -(-n // c["batch_size"])
 
 

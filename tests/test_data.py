@@ -212,3 +212,11 @@ def test_concurrent_fetches_do_not_collide(tmp_path, mirror):
     with mp.get_context("spawn").Pool(4) as pool:
         assert all(pool.map(_fetch_in_process, [(str(tmp_path), str(mirror))] * 8))
     assert data.available("wine_quality", tmp_path) and not list((tmp_path / "wine_quality").glob("*.part"))
+
+
+@pytest.mark.parametrize("name", ["mnist", "wine_quality", "sgemm"])
+def test_registry_sizes_match_the_loaded_data(mirror, monkeypatch, name):
+    monkeypatch.setenv(data.MIRROR_ENV, str(mirror))
+    d = data.load(name)
+    e = data.entry(name)
+    assert (d.x_train.shape[0], d.n_in, d.n_out) == (e.n_train, e.n_in, e.n_out)
