@@ -125,24 +125,29 @@ class MLP(nn.Module):
             h = self.act.fn(lin(h))
         return output(self.loss, self.layers[-1](h))
 
+    def layer(self, i: int, h: torch.Tensor, mask: torch.Tensor | None = None):
+        """Layer i on input h: (pre-activation z, output). Hidden layers: ``mask`` (consistent dropout)
+        multiplies z, then the activation; the run's hardware model (read noise, activation rounding,
+        rounded back-propagated errors) applies here. The last layer returns the model output."""
+        lin, hw = self.layers[i], self.hw
+        z = lin(h) if hw is None else torch.nn.functional.linear(h, hw.weight(lin.weight), lin.bias)
+        if i == len(self.layers) - 1:
+            return z, output(self.loss, z)
+        if mask is not None:
+            z = z * mask
+        h = self.act.fn(z)
+        if hw is not None:
+            h = hw.act(h)
+            if h.requires_grad and hw.cfg["signals"]:  # BP: round the back-propagated error
+                h.register_hook(hw.signal)
+        return z, h
+
     def forward_all(self, x: torch.Tensor, masks: list[torch.Tensor] | None = None):
         """All pre-activations and activations: ``zs[i]``, ``hs[i+1]`` for layer i; ``hs[0] = x``.
         ``masks[i]`` (optional) multiplies hidden pre-activation i (consistent dropout)."""
         hs, zs = [x], []
-        h = x
-        hw = self.hw
-        for i, lin in enumerate(self.layers):
-            z = lin(h) if hw is None else torch.nn.functional.linear(h, hw.weight(lin.weight), lin.bias)
-            if i < len(self.layers) - 1:
-                if masks is not None:
-                    z = z * masks[i]
-                h = self.act.fn(z)
-                if hw is not None:
-                    h = hw.act(h)
-                    if h.requires_grad and hw.cfg["signals"]:  # BP: round the back-propagated error
-                        h.register_hook(hw.signal)
-            else:
-                h = output(self.loss, z)
+        for i in range(len(self.layers)):
+            z, h = self.layer(i, hs[-1], None if masks is None or i == len(self.layers) - 1 else masks[i])
             zs.append(z)
             hs.append(h)
         return zs, hs

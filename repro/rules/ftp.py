@@ -56,16 +56,9 @@ class FTP(Rule):
         """τ_1 … τ_{L−1} and pass 2's output pre-activation (last entry)."""
         yhat = prediction(model.loss, hs[-1])
         taus = [signal(model, self.first_target(model, hs[1], yhat, y))]
-        hw = getattr(model, "hw", None)
-        for i, lin in enumerate(model.layers[1:], start=1):
-            z = lin(taus[-1]) if hw is None else torch.nn.functional.linear(taus[-1], hw.weight(lin.weight), lin.bias)
-            if i < len(model.layers) - 1:
-                if masks is not None:
-                    z = z * masks[i]
-                h = model.act.fn(z)
-                taus.append(signal(model, h if hw is None else hw.act(h)))
-            else:
-                taus.append(z)
+        for i in range(1, len(model.layers)):  # pass 2: the ordinary forward layers, from τ_1
+            z, h = model.layer(i, taus[-1], None if masks is None or i == len(model.layers) - 1 else masks[i])
+            taus.append(signal(model, h) if i < len(model.layers) - 1 else z)
         return taus
 
     @torch.no_grad()
