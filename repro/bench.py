@@ -215,29 +215,29 @@ def ffzero_rows(x, y, dev, steps) -> list[dict]:
     return out
 
 
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+
+
 def markdown(res: dict) -> str:
     lines = [f"device {res['device']}, {res['threads']} threads, torch {res['torch']}, batch 50, "
-             f"{res['steps_timed']} timed steps per cell; epoch = 1,200 steps (training only)", "",
-             "| width | depth | rule | ms/step | epoch (s) | time ÷ BP | peak MB/step | memory ÷ BP |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in res["rows"]:
-        lines.append(f"| {r['width']} | {r['depth']} | {r['rule']} | {r['ms_per_step']:.2f} | {r['epoch_s']:.1f} | "
-                     f"{r['time_vs_bp']:.2f} | {r['peak_mb']:.2f} | {r['mem_vs_bp']:.2f} |")
+             f"{res['steps_timed']} timed steps per cell; epoch = 1,200 steps (training only)", ""]
+    lines += _table(["width", "depth", "rule", "ms/step", "epoch (s)", "time ÷ BP", "peak MB/step", "memory ÷ BP"],
+                    [[r["width"], r["depth"], r["rule"], f"{r['ms_per_step']:.2f}", f"{r['epoch_s']:.1f}",
+                      f"{r['time_vs_bp']:.2f}", f"{r['peak_mb']:.2f}", f"{r['mem_vs_bp']:.2f}"] for r in res["rows"]])
     if res.get("foton"):
         lines += ["", "FOTON vs BP on FOTON's default net (784-256×(L−1)-10, ReLU, orthogonal, no bias; batch 256; "
-                  "FOTON with dropout 0.1, Björck (20 iterations) and 𝔽 refresh every step):", "",
-                  "| weight layers | rule | ms/step | time ÷ BP | peak MB/step | memory ÷ BP |", "|---|---|---|---|---|---|"]
-        for r in res["foton"]:
-            lines.append(f"| {r['layers']} | {r['rule']} | {r['ms_per_step']:.1f} | {r['time_vs_bp']:.2f} | "
-                         f"{r['peak_mb']:.2f} | {r['mem_vs_bp']:.2f} |")
+                  "FOTON with dropout 0.1, Björck (20 iterations) and 𝔽 refresh every step):", ""]
+        lines += _table(["weight layers", "rule", "ms/step", "time ÷ BP", "peak MB/step", "memory ÷ BP"],
+                        [[r["layers"], r["rule"], f"{r['ms_per_step']:.1f}", f"{r['time_vs_bp']:.2f}",
+                          f"{r['peak_mb']:.2f}", f"{r['mem_vs_bp']:.2f}"] for r in res["foton"]])
     if res.get("ffzero"):
         lines += ["", "FFzero paradigms on FFzero's MLP (784-w-w-w-10, no activation; batch 256, 1 direction; "
-                  "FF rules: one step of layer 2, BP rules: one step of the whole net):", "",
-                  "| width | rule | ms/step | time ÷ BP+AD | peak MB/step |", "|---|---|---|---|---|"]
+                  "FF rules: one step of layer 2, BP rules: one step of the whole net):", ""]
         names = {"bp": "BP+AD", "bp_dd": "BP+DD", "ff_ad": "FF+AD", "ff_dd": "FF+DD"}
-        for r in res["ffzero"]:
-            lines.append(f"| {r['width']} | {names[r['rule']]} | {r['ms_per_step']:.2f} | {r['time_vs_bp']:.2f} | "
-                         f"{r['peak_mb']:.2f} |")
+        lines += _table(["width", "rule", "ms/step", "time ÷ BP+AD", "peak MB/step"],
+                        [[r["width"], names[r["rule"]], f"{r['ms_per_step']:.2f}", f"{r['time_vs_bp']:.2f}",
+                          f"{r['peak_mb']:.2f}"] for r in res["ffzero"]])
     if res["full_epoch_s"]:
         lines += ["", "Full MNIST epoch (d=1, w=500, batch 50; training + evaluation of train and test sets):", ""]
         for k, v in res["full_epoch_s"].items():
