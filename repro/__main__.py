@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.cmd == "fetch":
             from . import data
-            names = a.names or [n for n, e in data.REGISTRY.items() if e.offline_here or a.all]
+            names = a.names or [n for n, e in data.REGISTRY.items() if e.files and (e.offline_here or a.all)]
             for n in names:
                 print(f"{n}: {data.fetch(n)}")
         elif a.cmd == "sweep":

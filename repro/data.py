@@ -62,6 +62,7 @@ class DatasetEntry:
     n_in: int = 0  # flattened input size
     n_out: int = 0  # classes, or 1 for regression
     n_train: int = 0  # training samples after the paper's split
+    base: str | None = None  # derived dataset: built from this dataset's files (no files of its own)
 
 
 _MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
@@ -150,7 +151,22 @@ REGISTRY: dict[str, DatasetEntry] = {
         "CC BY 4.0 (UCI)",
         n_in=14, n_out=1, n_train=773120,
     ),
+    # FFzero regression tasks (ffzero.md §2.8, §3): no downloads. The synthetic functions are generated
+    # (12,000 samples, seed SYNTHETIC_SEED: the authors' seed is unknown, a reconstruction); MNIST-as-
+    # regression reads MNIST's files and regresses the digit's value.
+    "ffzero_function1": DatasetEntry(
+        "ffzero_function1", (), "regression", "synthetic: y = sin(x1) + cos(x2), x ~ U(-1, 1)^2 (FFzero code)",
+        "generated", n_in=2, n_out=1, n_train=10000),
+    "ffzero_function2": DatasetEntry(
+        "ffzero_function2", (), "regression",
+        "synthetic: y = exp(x1) sin(x2) + x3 cos(x4) - x5 x1, x ~ U(-1, 1)^5 (FFzero code)",
+        "generated", n_in=5, n_out=1, n_train=10000),
+    "mnist_regression": DatasetEntry(
+        "mnist_regression", (), "regression", "MNIST digits, target 2(label/9 - 1/2) (FFzero code)",
+        "as MNIST", n_in=784, n_out=1, n_train=60000, base="mnist"),
 }
+SYNTHETIC_SEED = 0
+SYNTHETIC_N, SYNTHETIC_TRAIN, SYNTHETIC_NOISE = 12_000, 10_000, 0.05
 
 
 def dataset_names() -> list[str]:
@@ -209,6 +225,10 @@ def fetch(name: str, root: Path | str | None = None, mirror: Path | str | None =
     """
     e = entry(name)
     root = Path(root) if root is not None else default_root()
+    if e.base is not None:
+        return fetch(e.base, root, mirror, timeout)
+    if not e.files:  # generated: nothing to fetch
+        return root / name
     mirror = Path(mirror) if mirror is not None else default_mirror()
     dest_dir = root / name
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -261,11 +281,16 @@ def try_fetch(name: str, root: Path | str | None = None) -> str | None:
 def available(name: str, root: Path | str | None = None) -> bool:
     """True iff all files of ``name`` are present and verified in root (no fetching)."""
     root = Path(root) if root is not None else default_root()
-    return all(verify(root / name / rf.name, rf) for rf in entry(name).files)
+    e = entry(name)
+    if e.base is not None:
+        return available(e.base, root)
+    return all(verify(root / name / rf.name, rf) for rf in e.files)
 
 
 def _require(name: str, root: Path | str | None, fetch_missing: bool) -> Path:
     root = Path(root) if root is not None else default_root()
+    if entry(name).base is not None:
+        return _require(entry(name).base, root, fetch_missing)
     if available(name, root):
         return root / name
     if fetch_missing:
@@ -470,8 +495,41 @@ def _load_sgemm(path: Path) -> Data:
     return _regression("sgemm", xtr, ytr, xte, yte, SGEMM_MEAN, SGEMM_STD, *SGEMM_TARGET)
 
 
+def synthetic_function(name: str, seed: int = SYNTHETIC_SEED) -> Data:
+    """FFzero's synthetic regression data (ffzero.md §3): 12,000 samples x ~ U(−1, 1)^n, a random
+    10,000/2,000 split, Gaussian noise of std 0.05·std(y_train) on the training targets only, and
+    targets mapped to [−1, 1] with the noisy training min/max (test targets stay noise-free)."""
+    g = torch.Generator().manual_seed(seed)
+    n_in = entry(name).n_in
+    x = torch.rand(SYNTHETIC_N, n_in, generator=g, dtype=torch.float64) * 2 - 1
+    if name == "ffzero_function1":
+        y = torch.sin(x[:, 0]) + torch.cos(x[:, 1])
+    else:
+        y = torch.exp(x[:, 0]) * torch.sin(x[:, 1]) + x[:, 2] * torch.cos(x[:, 3]) - x[:, 4] * x[:, 0]
+    perm = torch.randperm(SYNTHETIC_N, generator=g)
+    tr, te = perm[:SYNTHETIC_TRAIN], perm[SYNTHETIC_TRAIN:]
+    ytr = y[tr] + SYNTHETIC_NOISE * y[tr].std() * torch.randn(len(tr), generator=g, dtype=torch.float64)
+    lo, hi = float(ytr.min()), float(ytr.max())
+    mid, half = (hi + lo) / 2, (hi - lo) / 2
+    f = lambda a: a.float().contiguous()  # noqa: E731
+    return Data(name, "regression", f(x[tr]), f((ytr[:, None] - mid) / half), f(x[te]),
+                f((y[te][:, None] - mid) / half), meta={"target_mean": mid, "target_std": half, "seed": seed})
+
+
+def digit_regression(d: Data) -> Data:
+    """MNIST-as-regression (ffzero.md §2.8): the same images, target 2(label/9 − 1/2) ∈ [−1, 1]."""
+    t = lambda lab: (2.0 * (lab.float() / 9.0 - 0.5)).unsqueeze(1)  # noqa: E731
+    return Data(f"{d.name}_regression", "regression", d.x_train, t(d.labels_train), d.x_test, t(d.labels_test),
+                meta={**d.meta, "target_mean": 4.5, "target_std": 4.5})
+
+
 @lru_cache(maxsize=8)
 def _load_cached(name: str, root: str, normalize: str, flatten: bool) -> Data:
+    e = entry(name)
+    if e.base is not None:
+        return digit_regression(_load_cached(e.base, root, normalize, flatten))
+    if not e.files:
+        return synthetic_function(name)
     path = Path(root) / name
     if name in ("mnist", "fashion_mnist"):
         return _load_idx(name, path, normalize, flatten)
@@ -492,8 +550,9 @@ def load(name: str, root: Path | str | None = None, normalize: str = "standard",
             raise DataError(f"{k}={v!r} must be a positive integer or null")
     if normalize not in ("standard", "unit"):
         raise DataError(f"normalize={normalize!r} is not allowed; use 'standard' or 'unit'")
-    path = _require(name, root, fetch_missing)
-    d = _load_cached(name, str(path.parent), normalize, bool(flatten))
+    if entry(name).files or entry(name).base:
+        root = _require(name, root, fetch_missing).parent
+    d = _load_cached(name, str(root), normalize, bool(flatten))
     return d.subset(n_train, n_test)
 
 

@@ -153,11 +153,100 @@ class MLP(nn.Module):
         return zs, hs
 
 
-def build_model(cfg: dict, n_in: int, n_out: int) -> MLP:
-    """``cfg``: {arch: mlp, width, depth, act, loss, bias, init}; ``widths`` (a list of hidden widths),
-    when given, replaces width × depth."""
+IMAGE_SHAPES = {784: (1, 28, 28), 3072: (3, 32, 32)}  # flat input size -> (channels, height, width)
+CNN_DEFAULTS = {"channels": [4, 4], "fc": [], "kernel": 6, "padding": 2, "pool": "max", "bn": True,
+                "conv_dropout": 0.0, "fc_dropout": 0.0, "fc_act": "identity"}
+
+
+class CNN(nn.Module):
+    """A small CNN (ffzero.md §2.11 by default): conv blocks ``conv(kernel, padding, stride 1) → BatchNorm2d
+    → act → pool 2×2 (max|avg) → dropout``, then FC layers (hidden FC outputs pass through ``fc_act`` and
+    dropout) ending in ``n_out`` outputs. Datasets live as flat tensors; inputs are viewed as images of
+    ``in_shape``. Conv layers have no bias when followed by BatchNorm (its β is the shift).
+
+    ``convs``/``bns`` hold the conv blocks and ``layers`` the FC layers (as in :class:`MLP`), so rules can
+    walk the net block by block: :meth:`conv_pre` is the block's normalised pre-activation and
+    :meth:`conv_out` what the next block receives."""
+
+    def __init__(self, in_shape: tuple[int, int, int], n_out: int, channels: list[int], fc: list[int] = (),
+                 kernel: int = 6, padding: int = 2, pool: str = "max", bn: bool = True, act: str = "relu",
+                 fc_act: str = "identity", loss: str = "ce", conv_dropout: float = 0.0, fc_dropout: float = 0.0):
+        super().__init__()
+        check_choice("model.act", act, ACTIVATIONS)
+        check_choice("model.cnn.fc_act", fc_act, ACTIVATIONS)
+        check_choice("model.loss", loss, LOSSES)
+        check_choice("model.cnn.pool", pool, ("max", "avg"))
+        if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
+            raise ConfigError(f"model.cnn.channels={channels!r} must be a non-empty list of positive integers")
+        if any(not isinstance(w, int) or w < 1 for w in fc):
+            raise ConfigError(f"model.cnn.fc={fc!r} must be a list of positive integers")
+        for k, v in (("conv_dropout", conv_dropout), ("fc_dropout", fc_dropout)):
+            if not 0.0 <= v < 1.0:
+                raise ConfigError(f"model.cnn.{k}={v!r} must be in [0, 1)")
+        self.in_shape, self.loss, self.act_name = tuple(in_shape), loss, act
+        self.act, self.fc_act = ACTIVATIONS[act], ACTIVATIONS[fc_act]
+        self.hw = None
+        self.kernel, self.padding, self.pool_name = kernel, padding, pool
+        self.convs, self.bns, self.spatial = nn.ModuleList(), nn.ModuleList(), []
+        c_in, hgt, wid = in_shape
+        for c in channels:
+            hgt, wid = hgt + 2 * padding - kernel + 1, wid + 2 * padding - kernel + 1  # conv output
+            if hgt < 2 or wid < 2:
+                raise ConfigError(f"model.cnn: {len(channels)} conv blocks with kernel {kernel} shrink "
+                                  f"{tuple(in_shape)} below 2×2; use fewer blocks or a smaller kernel")
+            self.convs.append(nn.Conv2d(c_in, c, kernel, padding=padding, bias=not bn))
+            self.bns.append(nn.BatchNorm2d(c) if bn else nn.Identity())
+            self.spatial.append((hgt, wid))  # where the goodness of this block lives (before pooling)
+            hgt, wid, c_in = hgt // 2, wid // 2, c
+        self.conv_drop, self.fc_drop = nn.Dropout(conv_dropout), nn.Dropout(fc_dropout)
+        sizes = [c_in * hgt * wid] + list(fc) + [n_out]
+        self.sizes = sizes  # of the FC part
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def conv_pre(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Block i's BatchNorm(conv(h)) [B, c, H', W'] (``h`` an image batch)."""
+        return self.bns[i](self.convs[i](h))
+
+    def conv_out(self, i: int, a: torch.Tensor) -> torch.Tensor:
+        pool = F.max_pool2d if self.pool_name == "max" else F.avg_pool2d
+        return self.conv_drop(pool(self.act.fn(a), 2))
+
+    def image(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(len(x), *self.in_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.image(x)
+        for i in range(len(self.convs)):
+            h = self.conv_out(i, self.conv_pre(i, h))
+        h = h.flatten(1)
+        for lin in self.layers[:-1]:
+            h = self.fc_drop(self.fc_act.fn(lin(h)))
+        return output(self.loss, self.layers[-1](h))
+
+
+def build_model(cfg: dict, n_in: int, n_out: int) -> nn.Module:
+    """``cfg``: {arch: mlp|cnn, width, depth, act, loss, bias, init, widths, out_width, cnn}. MLP: ``widths``
+    (a list of hidden widths), when given, replaces width × depth. CNN: ``cnn`` holds the conv/FC settings
+    (:data:`CNN_DEFAULTS`). ``out_width`` overrides the dataset's output size (FFzero regression reads a
+    10-d last layer against an antipodal prototype, ffzero.md §2.8)."""
     arch = cfg.get("arch", "mlp")
-    check_choice("model.arch", arch, ("mlp",))
+    check_choice("model.arch", arch, ("mlp", "cnn"))
+    ow = cfg.get("out_width")
+    if ow is not None:
+        if not isinstance(ow, int) or ow < 1:
+            raise ConfigError(f"model.out_width={ow!r} must be a positive integer or null")
+        n_out = ow
+    if arch == "cnn":
+        c = cfg.get("cnn") or {}
+        bad = set(c) - set(CNN_DEFAULTS)
+        if bad:
+            raise ConfigError(f"unknown key(s) {sorted(bad)} in model.cnn; allowed: {sorted(CNN_DEFAULTS)}")
+        if n_in not in IMAGE_SHAPES:
+            raise ConfigError(f"model.arch='cnn' needs image inputs of size {sorted(IMAGE_SHAPES)}; got {n_in}")
+        c = {**CNN_DEFAULTS, **c}
+        return CNN(IMAGE_SHAPES[n_in], n_out, list(c["channels"]), list(c["fc"]), c["kernel"], c["padding"],
+                   c["pool"], c["bn"], cfg.get("act", "relu"), c["fc_act"], cfg.get("loss", "ce"),
+                   c["conv_dropout"], c["fc_dropout"])
     if cfg.get("widths") is not None:
         ws = cfg["widths"]
         if not isinstance(ws, list) or any(not isinstance(w, int) or w < 1 for w in ws):

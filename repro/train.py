@@ -38,7 +38,7 @@ CACHE_VERSION = 1  # bump when a change alters what a given config computes
 DEFAULTS = {
     "dataset": {"name": "mnist", "normalize": "standard", "n_train": None, "n_test": None},
     "model": {"arch": "mlp", "width": 500, "depth": 1, "widths": None, "act": "tanh", "loss": "bce", "bias": True,
-              "init": "default"},
+              "init": "default", "out_width": None, "cnn": None},
     "rule": {"name": "bp"},
     "optim": {"name": "adam", "lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "milestones": [],
               "gamma": 0.1},
@@ -91,7 +91,8 @@ def normalize_config(cfg: dict) -> dict:
 
 # Settings added after runs were cached: left out of the key while at their default, so every
 # existing run keeps its key (a new setting must not invalidate the run cache).
-OMIT_FROM_KEY_IF_DEFAULT = {"align_every": 0, "model.widths": None, "hardware": None}
+OMIT_FROM_KEY_IF_DEFAULT = {"align_every": 0, "model.widths": None, "hardware": None, "model.out_width": None,
+                            "model.cnn": None}
 
 
 def run_key(cfg: dict) -> str:
@@ -183,6 +184,9 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
         from .quant import Hardware
         model.hw = Hardware(cfg["hardware"])
     rule = make_rule(cfg["rule"])
+    if cfg["model"]["out_width"] not in (None, data.n_out) and not hasattr(rule, "evaluate"):
+        raise ConfigError(f"model.out_width={cfg['model']['out_width']} differs from the dataset's {data.n_out} "
+                          f"outputs; only rules with their own read-out (ff) allow that")
     rule.setup(model, len(data.x_train))
     if hasattr(rule, "init_buffer"):
         rule.init_buffer(data.y_train)
@@ -200,8 +204,10 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
 
     def record_epoch(epoch: int, train_loss: float | None, t_train: float) -> bool:
         ev = rule_eval or evaluate
+        model.eval()  # BatchNorm running statistics, no dropout modules (MLPs have neither)
         tr = ev(model, data.x_train, data.y_train, data.labels_train)
         te = ev(model, data.x_test, data.y_test, data.labels_test)
+        model.train()
         row = {"epoch": epoch, "train_loss": tr["loss"], "test_loss": te["loss"], "step_loss": train_loss,
                "time_train": t_train}
         if "error" in te:

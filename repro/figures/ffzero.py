@@ -18,39 +18,79 @@ def n_params(width: int, n_in: int = 784, n_out: int = 10, hidden: int = 3) -> i
     return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
+def cnn_params(c: int, fc: list[int] = (), kernel: int = 6, padding: int = 2, n_in=(1, 28, 28), n_out: int = 10) -> int:
+    """Conv kernels + FC weights and biases (the authors' logged count: BatchNorm's 2c per block left out)."""
+    cin, h, w, total = n_in[0], n_in[1], n_in[2], 0
+    for _ in range(2):
+        total += c * cin * kernel * kernel
+        h, w, cin = (h + 2 * padding - kernel + 1) // 2, (w + 2 * padding - kernel + 1) // 2, c
+    sizes = [cin * h * w] + list(fc) + [n_out]
+    return total + sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def _paradigm_rule(P: dict, p: str, weight_decay: float = 0.0) -> tuple[dict, dict]:
+    rule = rule_config(p, **({"directions": P["directions"], "eps": P["eps"]} if p.endswith("DD") else {}))
+    optim = {"name": "adam" if p.endswith("AD") else "sgd", "lr": P["lr"]}
+    if weight_decay and p == "BP+AD":  # the authors' BP CNN baseline: Adam with weight decay (§2.7)
+        optim["weight_decay"] = weight_decay
+    return rule, optim
+
+
 def width_jobs(P: dict, dataset: str) -> list[dict]:
     jobs = []
     for seed in P["seeds"]:
         for w in P["widths"]:
             for p in P["paradigms"]:
-                rule = rule_config(p, **({"directions": P["directions"], "eps": P["eps"]} if p.endswith("DD") else {}))
-                optim = {"name": "adam" if p.endswith("AD") else "sgd", "lr": P["lr"]}
+                rule, optim = _paradigm_rule(P, p)
                 cfg = {"dataset": {"name": dataset, "normalize": "unit", "n_train": P.get("n_train"),
                                    "n_test": P.get("n_test")},
                        "model": {"arch": "mlp", "width": w, "depth": P["hidden_layers"], "act": P["act"], "loss": "ce"},
                        "rule": rule, "optim": optim, "epochs": P["epochs"], "batch_size": P["batch_size"], "seed": seed}
-                jobs.append({"dataset": dataset, "width": w, "params": n_params(w), "paradigm": p, "seed": seed,
-                             "config": cfg})
+                jobs.append({"dataset": dataset, "arch": "mlp", "width": w, "params": n_params(w), "paradigm": p,
+                             "seed": seed, "config": cfg})
     return jobs
 
 
-def run(P: dict, dataset: str, results: str = "results"):
-    hist, fin, reason = run_for_dataset(width_jobs(P, dataset), dataset, "ffzero_width", P, results)
+def cnn_jobs(P: dict, dataset: str) -> list[dict]:
+    """The CNN channel sweep (params section ``ffzero_cnn``; ffzero.md §2.11, §7 item 2): 2 conv blocks of
+    c channels (kernel 6, pad 2, BatchNorm, ReLU, max-pool 2), FC ``fc`` + 10; ``width`` column = c."""
+    jobs = []
+    for seed in P["seeds"]:
+        for c in P["channels"]:
+            for p in P["paradigms"]:
+                rule, optim = _paradigm_rule(P, p, P["weight_decay"])
+                if p.startswith("FF"):
+                    rule["ref_dim"] = P["ref_dim"]
+                cnn = {"channels": [c, c], "fc": list(P["fc"]), "conv_dropout": P["dropout"],
+                       "fc_dropout": P["dropout"]}
+                cfg = {"dataset": {"name": dataset, "normalize": "unit", "n_train": P.get("n_train"),
+                                   "n_test": P.get("n_test")},
+                       "model": {"arch": "cnn", "act": "relu", "loss": "ce", "cnn": cnn},
+                       "rule": rule, "optim": optim, "epochs": P["epochs"], "batch_size": P["batch_size"], "seed": seed}
+                jobs.append({"dataset": dataset, "arch": "cnn", "width": c, "params": cnn_params(c, P["fc"]),
+                             "paradigm": p, "seed": seed, "config": cfg})
+    return jobs
+
+
+def run(P: dict, dataset: str, results: str = "results", arch: str = "mlp"):
+    """The MLP width sweep (section ``ffzero_width``) or the CNN channel sweep (``ffzero_cnn``)."""
+    jobs = width_jobs(P, dataset) if arch == "mlp" else cnn_jobs(P, dataset)
+    hist, fin, reason = run_for_dataset(jobs, dataset, "ffzero_width" if arch == "mlp" else "ffzero_cnn", P, results)
     if reason is not None:
         return None, None, reason
     fin["final_test_acc"] = 100.0 - fin["final_test_error"]
     return hist, fin, None
 
 
-def metrics(fin: pd.DataFrame) -> dict:
-    ok = fin[fin.status == "ok"]
-    med = ok.groupby(["paradigm", "width"]).final_test_acc.median().unstack(0)
+def _checks(med: pd.DataFrame) -> dict:
     out = {"median_test_acc": {p: {str(w): float(v) for w, v in med[p].items()} for p in med.columns}}
     have = set(med.columns)
     if {"BP+AD", "FF+AD"} <= have:
-        out["ff_ad_within_3_of_bp_ad"] = bool((med["BP+AD"] - med["FF+AD"]).abs().max() <= 3)
+        out["ff_ad_max_gap_to_bp_ad"] = float((med["BP+AD"] - med["FF+AD"]).max())
+        out["ff_ad_within_3_of_bp_ad"] = bool((med["BP+AD"] - med["FF+AD"]).max() <= 3)
     if {"FF+AD", "FF+DD"} <= have:
-        out["ff_dd_within_5_of_ff_ad"] = bool((med["FF+AD"] - med["FF+DD"]).abs().max() <= 5)
+        out["ff_dd_max_gap_to_ff_ad"] = float((med["FF+AD"] - med["FF+DD"]).max())
+        out["ff_dd_within_5_of_ff_ad"] = bool((med["FF+AD"] - med["FF+DD"]).max() <= 5)
     if {"BP+DD", "FF+DD"} <= have and len(med) > 1:
         ws = sorted(med.index)
         out["bp_dd_drop_small_to_large"] = float(med["BP+DD"][ws[0]] - med["BP+DD"][ws[-1]])
@@ -59,7 +99,16 @@ def metrics(fin: pd.DataFrame) -> dict:
     return out
 
 
-def plot_width(fin: pd.DataFrame, dataset: str):
+def metrics(fin: pd.DataFrame) -> dict:
+    """Medians per paradigm and width (hidden width or channels), and the issue's checks. "Within" is a
+    shortfall: FF+AD may beat BP+AD and FF+DD may beat FF+AD; the bound is how far below they may be."""
+    ok = fin[fin.status == "ok"]
+    out = _checks(ok.groupby(["paradigm", "width"]).final_test_acc.median().unstack(0))
+    out["diverged_runs"] = int((fin.status != "ok").sum())
+    return out
+
+
+def plot_width(fin: pd.DataFrame, dataset: str, arch: str = "mlp"):
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ok = fin[fin.status == "ok"]
     for p, g in ok.groupby("paradigm"):
@@ -67,12 +116,120 @@ def plot_width(fin: pd.DataFrame, dataset: str):
         ax.plot(q.index, q[0.5], marker="o", label=p)
         ax.fill_between(q.index, q[0.25], q[0.75], alpha=0.2)
     ax.set_xscale("log")
-    ws = sorted(set(ok.width))
-    ax.set_xticks(ws, [f"{w}\n{n_params(w) / 1e3:.0f}k" for w in ws], fontsize=8)
-    ax.set_xlabel("hidden width (total parameters)")
+    counts = ok.groupby("width").params.first()
+    ax.set_xticks(list(counts.index), [f"{w}\n{n / 1e3:.1f}k" if n < 1e4 else f"{w}\n{n / 1e3:.0f}k"
+                                       for w, n in counts.items()], fontsize=8)
+    ax.minorticks_off()
+    if arch == "mlp":
+        ax.set_xlabel("hidden width w (total parameters)")
+        ax.set_title(f"FFzero width sweep, {dataset}, MLP 784-w-w-w-10")
+    else:
+        ax.set_xlabel("channels per conv layer c (total parameters)")
+        ax.set_title(f"FFzero channel sweep, {dataset}, CNN 2×[conv6-BN-ReLU-pool]-FC")
     ax.set_ylabel("test accuracy (%), median and IQR")
-    ax.set_title(f"FFzero width sweep, {dataset}, MLP 784-w-w-w-10")
+    ax.axhline(10, color="grey", lw=0.8, ls=":")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------- regression (§2.8)
+def regression_jobs(P: dict) -> list[dict]:
+    """R² per paradigm on function1, function2 and MNIST-as-regression (ffzero.md §2.8, §7 item 9): MLP
+    d_in→100→100→100→(1 for BP; 10 read against an antipodal prototype for FF), no nonlinearity."""
+    jobs = []
+    for ds in P["datasets"]:
+        for seed in P["seeds"]:
+            for p in P["paradigms"]:
+                rule, optim = _paradigm_rule(P, p)
+                ff = p.startswith("FF")
+                cfg = {"dataset": {"name": ds, "normalize": "unit", "n_train": P.get("n_train"), "n_test": P.get("n_test")},
+                       "model": {"arch": "mlp", "widths": list(P["widths"]), "act": P["act"], "loss": "mse",
+                                 "out_width": P["ff_out_width"] if ff else None},
+                       "rule": rule, "optim": optim, "epochs": (P.get("epochs_by_dataset") or {}).get(ds, P["epochs"]),
+                       "batch_size": P["batch_size"], "seed": seed}
+                jobs.append({"dataset": ds, "paradigm": p, "seed": seed, "config": cfg})
+    return jobs
+
+
+def run_regression(P: dict, results: str = "results"):
+    from .. import data as data_mod
+    from .common import final_frame, history_frame, run_all, store_for
+    jobs = regression_jobs(P)
+    for ds in P["datasets"]:
+        reason = data_mod.try_fetch(ds)
+        if reason is not None:
+            raise data_mod.DataUnavailable(reason)
+    done = run_all(jobs, store_for("ffzero_regression", results), P, desc="ffzero_regression")
+    hist, fin = history_frame(done), final_frame(done)
+    var = {}
+    for ds in P["datasets"]:
+        d = data_mod.load(ds, normalize="unit", n_train=P.get("n_train"), n_test=P.get("n_test"))
+        var[ds] = float(d.y_test.var(unbiased=False))
+    fin["test_r2"] = [1.0 - r.final_test_loss / var[r.dataset] for r in fin.itertuples()]
+    hist["test_r2"] = [1.0 - r.test_loss / var[r.dataset] for r in hist.itertuples()]
+    return hist, fin
+
+
+def regression_metrics(fin: pd.DataFrame) -> dict:
+    """Test R² (last layer for FF, the output for BP), median / mean / std over seeds."""
+    ok = fin[fin.status == "ok"]
+    out = {"test_r2": {}, "diverged_runs": int((fin.status != "ok").sum())}
+    for (ds, p), g in ok.groupby(["dataset", "paradigm"]):
+        out["test_r2"].setdefault(ds, {})[p] = {"median": float(g.test_r2.median()), "mean": float(g.test_r2.mean()),
+                                                "std": float(g.test_r2.std(ddof=1)) if len(g) > 1 else 0.0, "n": len(g)}
+    return out
+
+
+def plot_regression(fin: pd.DataFrame):
+    ok = fin[fin.status == "ok"]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    sns.barplot(data=ok, x="dataset", y="test_r2", hue="paradigm", errorbar=("pi", 50), estimator="median", ax=ax)
+    ax.set_ylabel("test R² (median, IQR over seeds)")
+    ax.set_xlabel("")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylim(min(-0.1, float(ok.test_r2.min()) - 0.05), 1.02)
+    ax.set_title("FFzero regression: R² per paradigm (FF reads cos(z, p) of an antipodal prototype)")
+    ax.legend(fontsize=8, ncol=4)
+    fig.tight_layout()
+    return fig
+
+
+def regression_predictions(P: dict, dataset: str, paradigm: str = "FF+DD", results: str = "results",
+                           n: int = 2000):
+    """(true, predicted) test targets of the first seed's trained model, in [−1, 1] units."""
+    import torch
+
+    from .. import data as data_mod
+    from ..rules import make_rule
+    from .common import store_for
+    job = next(j for j in regression_jobs(P) if j["dataset"] == dataset and j["paradigm"] == paradigm)
+    model, rule_state = store_for("ffzero_regression", results).load_weights(job["config"])
+    d = data_mod.load(dataset, normalize="unit", n_train=P.get("n_train"), n_test=P.get("n_test"))
+    x, y = d.x_test[:n], d.y_test[:n, 0]
+    with torch.no_grad():
+        model.eval()
+        if paradigm.startswith("FF"):
+            h = x
+            for lin in model.layers:
+                z = lin(h)
+                h = model.act.fn(z)
+            p = rule_state["P" + str(len(model.layers) - 1)]
+            pred = torch.nn.functional.normalize(z, dim=-1) @ p.view(-1)
+        else:
+            pred = model(x)[:, 0]
+    return y.numpy(), pred.numpy()
+
+
+def plot_predicted_vs_true(pairs: dict):
+    """``pairs``: {title: (true, predicted)} → one scatter panel each."""
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.8), squeeze=False)
+    for ax, (title, (t, p)) in zip(axes[0], pairs.items()):
+        ax.scatter(t, p, s=3, alpha=0.3)
+        ax.plot([-1, 1], [-1, 1], "k--", lw=0.8)
+        ax.set_xlabel("true (scaled to [−1, 1])")
+        ax.set_ylabel("predicted")
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
 
