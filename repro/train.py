@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,19 +275,32 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
 class RunStore:
     """``runs/<key>.json`` marks a finished run; ``weights/<key>.pt`` holds its tensors."""
 
-    def __init__(self, runs_dir: str | Path, weights_dir: str | Path | None = None):
+    def __init__(self, runs_dir: str | Path, weights_dir: str | Path | None = None,
+                 shared: list[tuple[Path, Path]] = ()):
+        """``shared``: other stores' (runs, weights) folders. A run missing here but finished there (the
+        same config in another figure) is copied in — weights first, the JSON last — not retrained."""
         self.runs = Path(runs_dir)
         self.weights = Path(weights_dir) if weights_dir is not None else self.runs
         self.runs.mkdir(parents=True, exist_ok=True)
         self.weights.mkdir(parents=True, exist_ok=True)
+        self.shared = [(Path(r), Path(w)) for r, w in shared]
 
     def path(self, key: str) -> Path:
         return self.runs / f"{key}.json"
 
     def get(self, cfg: dict) -> dict | None:
-        p = self.path(run_key(cfg))
+        key = run_key(cfg)
+        p = self.path(key)
         if not p.is_file():
-            return None
+            for runs, weights in self.shared:
+                if (runs / f"{key}.json").is_file() and (weights / f"{key}.pt").is_file():
+                    shutil.copyfile(weights / f"{key}.pt", self.weights / f".{key}.pt.tmp")
+                    os.replace(self.weights / f".{key}.pt.tmp", self.weights / f"{key}.pt")
+                    shutil.copyfile(runs / f"{key}.json", self.runs / f".{key}.json.tmp")
+                    os.replace(self.runs / f".{key}.json.tmp", p)
+                    break
+            else:
+                return None
         try:
             return json.loads(p.read_text())
         except json.JSONDecodeError:  # cannot happen with atomic writes; treat as missing

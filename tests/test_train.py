@@ -81,6 +81,18 @@ def test_cache_skips_finished_runs_and_saves_weights(tiny, tmp_path):
     assert set(rule_state) == {"B0", "B1"}
 
 
+def test_a_run_finished_in_another_stage_is_copied_not_retrained(tiny, tmp_path):
+    from repro.figures.common import store_for
+    a = store_for("fig_a", tmp_path)
+    rec = sweep([cfg(seed=1)], a, progress=False)[0]
+    n = len(tiny)
+    b = store_for("fig_b/mnist", tmp_path)  # another stage (a per-dataset one) shares fig_a's runs
+    assert sweep([cfg(seed=1)], b, progress=False)[0] == rec and len(tiny) == n
+    key = run_key(cfg(seed=1))
+    assert (b.runs / f"{key}.json").is_file() and (b.weights / f"{key}.pt").is_file()  # self-contained
+    assert sweep([cfg(seed=2)], b, progress=False)[0]["status"] == "ok" and len(tiny) == n + 1
+
+
 def test_killed_sweep_resumes_without_redoing_or_corrupting(tiny, tmp_path, monkeypatch):
     store = RunStore(tmp_path / "runs", tmp_path / "w")
     cs = [cfg(seed=s) for s in (1, 2, 3)]

@@ -38,8 +38,13 @@ def load_params(section: str, params_file: str | Path = "params.yaml", overrides
 
 
 def store_for(section: str, results: str | Path = "results") -> RunStore:
+    """The run store of one stage (``results/<section>/runs`` + ``weights``); every other stage's store
+    under ``results`` is shared, so a config another figure already trained is copied, not retrained."""
     base = Path(results) / section
-    return RunStore(base / "runs", base / "weights")
+    own = (base / "runs").resolve() if (base / "runs").exists() else None
+    shared = [(r, r.parent / "weights") for pat in ("*/runs", "*/*/runs") for r in sorted(Path(results).glob(pat))
+              if r.is_dir() and r.resolve() != own]
+    return RunStore(base / "runs", base / "weights", shared)
 
 
 def run_all(jobs: list[dict], store: RunStore, P: dict, desc: str) -> list[dict]:
