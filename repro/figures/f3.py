@@ -12,6 +12,7 @@ import pandas as pd
 import seaborn as sns
 
 from ..rules import rule_config
+from ..rules.f3 import F3
 from .common import agg, final_frame, gap_closed, history_frame, run_all, store_for
 
 # Numbers printed in the paper (f3.md §4), drawn as references.
@@ -85,7 +86,9 @@ def variant_jobs(P: dict) -> list[dict]:
             j = mlp_job("mnist", "F3-Error", seed, P, "bce", {"error_info": ei})
             jobs.append({**j, "algorithm": VARIANT_LABEL[ei], "panel": "3a", "variant": ei})
         for fi in P["feedback_inits"]:
-            j = mlp_job("mnist", "F3-Error", seed, P, "bce", {"error_info": P["init_error_info"], "feedback_init": fi})
+            # the default init is left out of the rule config, so that run is Fig. 3a's (and Fig. 2's) run
+            extra = {"error_info": P["init_error_info"]} | ({} if fi == F3.PARAMS["feedback_init"] else {"feedback_init": fi})
+            j = mlp_job("mnist", "F3-Error", seed, P, "bce", extra)
             jobs.append({**j, "algorithm": INIT_LABEL[fi], "panel": "3b", "variant": fi})
     return jobs
 
