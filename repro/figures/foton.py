@@ -143,3 +143,78 @@ def plot_alignment(hist: pd.DataFrame):
     g.set_axis_labels("epoch", "cos(update, BP grad)\nmean over hidden layers")
     g.figure.suptitle("Alignment with the true gradient (same batch, same masks, pre-update weights)", y=1.02)
     return g.figure
+
+
+# ------------------------------------------------------------------------- shallow table (E1, §6.1)
+def shallow_jobs(P: dict, dataset: str) -> list[dict]:
+    """foton.md §3.2 E1: FOTON, BP, PEPITA, PEPITA+WM on shallow FC nets, for both readings of "2-layer"
+    (§6 item 1): ``readings`` maps a label to hidden widths, e.g. 1x1024 (2 weight layers, the PEPITA
+    protocol) and 2x256 (the FOTON code's default [256, 256]). FOTON/BP: the FOTON code's defaults
+    (orthogonal init, no bias, standardised inputs, plain SGD, batch 256); PEPITA(+WM): the official
+    PEPITA settings (He-uniform init, no bias, inputs in [0, 1], SGD + momentum 0.9, batch 64, lr ×0.1 at
+    the milestones). Method labels carry the reading unless it is ``primary`` (the claims' reading)."""
+    jobs = []
+    for seed in P["seeds"]:
+        for reading, widths in P["readings"].items():
+            for method in P["methods"]:
+                if method in ("FOTON", "BP"):
+                    rule = ({"name": "foton", "keep": P["keep"], "ortho_every": P["ortho_every"],
+                             "ff_every": P["ff_every"]} if method == "FOTON" else {"name": "bp"})
+                    model = {"init": "orthogonal"}
+                    optim = {"name": "sgd", "lr": P["lr"][method]}
+                    norm, bs = "standard", P["batch_size"]
+                else:
+                    rule = {"name": "pepita" if method == "PEPITA" else "pepita_wm", "keep": P["keep"]}
+                    model = {"init": "he_uniform"}
+                    pp = P["pepita"]
+                    lr = pp["lr"][dataset] if isinstance(pp["lr"], dict) else pp["lr"]
+                    optim = {"name": "sgd", "lr": lr, "momentum": pp["momentum"], "milestones": list(pp["milestones"])}
+                    norm, bs = "unit", pp["batch_size"]
+                cfg = {"dataset": {"name": dataset, "normalize": norm, "n_train": P.get("n_train"),
+                                   "n_test": P.get("n_test")},
+                       "model": {"arch": "mlp", "widths": list(widths), "act": P["act"], "loss": "ce", "bias": False,
+                                 **model},
+                       "rule": rule, "optim": optim, "epochs": P["epochs"], "batch_size": bs, "seed": seed}
+                label = method if reading == P["primary"] else f"{method} {reading}"
+                jobs.append({"dataset": dataset, "reading": reading, "method": label, "seed": seed, "config": cfg})
+    return jobs
+
+
+def run_shallow(P: dict, dataset: str, results: str = "results"):
+    hist, fin, reason = run_for_dataset(shallow_jobs(P, dataset), dataset, "foton_shallow", P, results)
+    if reason is not None:
+        return None, None, reason
+    for f in (hist, fin):
+        for col in [c for c in f.columns if c.endswith("_error")]:
+            f[col.replace("_error", "_acc")] = 100.0 - f[col]
+    return hist, fin, None
+
+
+def shallow_metrics(fin: pd.DataFrame) -> dict:
+    """Final and best-epoch test accuracy per method (and reading), mean ± std over seeds."""
+    from .common import agg
+    ok = fin[fin.status == "ok"]
+    out = {"final_test_acc": {}, "best_test_acc": {}, "diverged_runs": int((fin.status != "ok").sum())}
+    for m, g in ok.groupby("method"):
+        out["final_test_acc"][m] = agg(g.final_test_acc)
+        out["best_test_acc"][m] = agg(g.best_test_acc)
+    return out
+
+
+# foton.md §4: FOTON's reported 2-layer accuracies (which reading they used is unknown)
+REPORTED_SHALLOW = {"mnist": 98.32, "cifar10": 55.70, "cifar100": 28.48}
+
+
+def plot_shallow(hist: pd.DataFrame, dataset: str):
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    h = hist[hist.epoch >= 1]
+    sns.lineplot(h, x="epoch", y="test_acc", hue="method", errorbar=("pi", 100), ax=ax)
+    if dataset in REPORTED_SHALLOW:
+        ax.axhline(REPORTED_SHALLOW[dataset], color="gold", ls="--", lw=1.2, label="paper: FOTON 2-layer")
+    lo = float(h.test_acc.quantile(0.05))
+    ax.set_ylim(max(0.0, lo - 2), min(100.0, max(float(h.test_acc.max()), REPORTED_SHALLOW.get(dataset, 0.0)) + 1))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"FOTON shallow FC nets, {dataset}: both readings of '2-layer'")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
