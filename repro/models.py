@@ -155,14 +155,15 @@ class MLP(nn.Module):
 
 IMAGE_SHAPES = {784: (1, 28, 28), 3072: (3, 32, 32)}  # flat input size -> (channels, height, width)
 CNN_DEFAULTS = {"channels": [4, 4], "fc": [], "kernel": 6, "padding": 2, "pool": "max", "bn": True,
-                "conv_dropout": 0.0, "fc_dropout": 0.0, "fc_act": "identity"}
+                "conv_dropout": 0.0, "fc_dropout": 0.0, "fc_act": "identity", "bias": True}
 
 
 class CNN(nn.Module):
     """A small CNN (ffzero.md §2.11 by default): conv blocks ``conv(kernel, padding, stride 1) → BatchNorm2d
     → act → pool 2×2 (max|avg) → dropout``, then FC layers (hidden FC outputs pass through ``fc_act`` and
     dropout) ending in ``n_out`` outputs. Datasets live as flat tensors; inputs are viewed as images of
-    ``in_shape``. Conv layers have no bias when followed by BatchNorm (its β is the shift).
+    ``in_shape``. Conv layers have no bias when followed by BatchNorm (its β is the shift); ``bias=False``
+    removes every bias (PEPITA's / FTP's ``Net1conv1fc``: conv 5×5 → ReLU → max-pool → FC, no biases).
 
     ``convs``/``bns`` hold the conv blocks and ``layers`` the FC layers (as in :class:`MLP`), so rules can
     walk the net block by block: :meth:`conv_pre` is the block's normalised pre-activation and
@@ -170,7 +171,8 @@ class CNN(nn.Module):
 
     def __init__(self, in_shape: tuple[int, int, int], n_out: int, channels: list[int], fc: list[int] = (),
                  kernel: int = 6, padding: int = 2, pool: str = "max", bn: bool = True, act: str = "relu",
-                 fc_act: str = "identity", loss: str = "ce", conv_dropout: float = 0.0, fc_dropout: float = 0.0):
+                 fc_act: str = "identity", loss: str = "ce", conv_dropout: float = 0.0, fc_dropout: float = 0.0,
+                 bias: bool = True, init: str = "default"):
         super().__init__()
         check_choice("model.act", act, ACTIVATIONS)
         check_choice("model.cnn.fc_act", fc_act, ACTIVATIONS)
@@ -194,14 +196,21 @@ class CNN(nn.Module):
             if hgt < 2 or wid < 2:
                 raise ConfigError(f"model.cnn: {len(channels)} conv blocks with kernel {kernel} shrink "
                                   f"{tuple(in_shape)} below 2×2; use fewer blocks or a smaller kernel")
-            self.convs.append(nn.Conv2d(c_in, c, kernel, padding=padding, bias=not bn))
+            self.convs.append(nn.Conv2d(c_in, c, kernel, padding=padding, bias=bias and not bn))
             self.bns.append(nn.BatchNorm2d(c) if bn else nn.Identity())
             self.spatial.append((hgt, wid))  # where the goodness of this block lives (before pooling)
             hgt, wid, c_in = hgt // 2, wid // 2, c
         self.conv_drop, self.fc_drop = nn.Dropout(conv_dropout), nn.Dropout(fc_dropout)
         sizes = [c_in * hgt * wid] + list(fc) + [n_out]
         self.sizes = sizes  # of the FC part
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.bn = bn
+        check_choice("model.init", init, ("default", "he_uniform"))
+        if init == "he_uniform":  # U(±√(6/fan_in)), PEPITA's init; biases zero
+            for m in list(self.convs) + list(self.layers):
+                nn.init.uniform_(m.weight, -math.sqrt(6.0 / m.weight[0].numel()), math.sqrt(6.0 / m.weight[0].numel()))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def conv_pre(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """Block i's BatchNorm(conv(h)) [B, c, H', W'] (``h`` an image batch)."""
@@ -246,7 +255,7 @@ def build_model(cfg: dict, n_in: int, n_out: int) -> nn.Module:
         c = {**CNN_DEFAULTS, **c}
         return CNN(IMAGE_SHAPES[n_in], n_out, list(c["channels"]), list(c["fc"]), c["kernel"], c["padding"],
                    c["pool"], c["bn"], cfg.get("act", "relu"), c["fc_act"], cfg.get("loss", "ce"),
-                   c["conv_dropout"], c["fc_dropout"])
+                   c["conv_dropout"], c["fc_dropout"], c["bias"], cfg.get("init", "default"))
     if cfg.get("widths") is not None:
         ws = cfg["widths"]
         if not isinstance(ws, list) or any(not isinstance(w, int) or w < 1 for w in ws):

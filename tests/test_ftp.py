@@ -73,3 +73,79 @@ def test_bad_parameters():
         make_rule({"name": "ftp", "gamma_mode": "x"})
     with pytest.raises(ConfigError, match="depth"):
         make_rule({"name": "ftp"}).setup(MLP([4, 3], loss="ce"), 1)
+
+
+def _ftp_cnn(channels, fc=(), gamma=0.3):
+    from repro.models import build_model
+    model = build_model({"arch": "cnn", "act": "relu", "loss": "ce",
+                         "cnn": {"channels": list(channels), "fc": list(fc), "kernel": 5, "padding": 0, "bn": False,
+                                 "bias": False}}, 784, 10).double()
+    rule = make_rule({"name": "ftp", "gamma": gamma})
+    rule.setup(model, 8)
+    rule.G = rule.G.double()
+    return model, rule
+
+
+@pytest.mark.parametrize("channels,fc", [((4,), ()), ((3, 2), (6,))])
+def test_cnn_targets_and_updates_equal_the_local_losses(float64, channels, fc):
+    """ftp.md §2.5: τ_1 = h_1 + γ(ψ(yG) − ψ(ŷG)) on the first conv map before pooling; pass 2 from τ_1;
+    every hidden weight layer's update = autograd of ½‖act(layer(sg(h_in))) − sg(τ)‖² (batch mean), the
+    output layer's = autograd of CE on its own input."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    model, rule = _ftp_cnn(channels, fc)
+    x = torch.rand(6, 784)
+    y = F.one_hot(torch.arange(6) % 10, 10).double()
+    out = rule.step(model, Batch(torch.arange(6), x, y))
+    taus = out.extras["taus"]
+    # the first target by its formula
+    h1 = torch.relu(model.convs[0](model.image(x)))
+    yhat = torch.softmax(model(x), 1)
+    exp = h1 + 0.3 * (torch.relu(y @ rule.G) - torch.relu(yhat @ rule.G)).view_as(h1)
+    torch.testing.assert_close(taus[0], exp)
+    # pass 2 and the local losses, unit by unit, by autograd
+    nc = len(model.convs)
+    h, t = model.image(x), F.max_pool2d(taus[0], 2)
+    units = list(model.convs) + list(model.layers)
+    for k, unit in enumerate(units):
+        hin = h.detach()
+        w = unit.weight.detach().clone().requires_grad_(True)
+        if k < nc:
+            a = F.conv2d(hin, w)
+            o = torch.relu(a)
+            loss = 0.5 * ((o - taus[k]) ** 2).sum() / len(x)
+            h = F.max_pool2d(o, 2).detach()
+            if k == nc - 1:
+                h = h.flatten(1)
+        else:
+            a = hin @ w.t()
+            if k < len(units) - 1:
+                o = a  # fc_act identity
+                loss = 0.5 * ((o - taus[k]) ** 2).sum() / len(x)
+            else:
+                loss = F.cross_entropy(a, y.argmax(1))
+            h = a.detach()
+        if 0 < k < len(units) - 1:  # pass 2: the target is the ordinary forward of the previous target
+            if k < nc:
+                exp_t = torch.relu(F.conv2d(t, unit.weight))
+                t = F.max_pool2d(exp_t, 2)
+                if k == nc - 1:
+                    t = t.flatten(1)
+            else:
+                exp_t = t @ unit.weight.t()
+                t = exp_t
+            torch.testing.assert_close(taus[k], exp_t)
+        elif k == 0 and nc == 1:
+            t = t.flatten(1)
+        g = torch.autograd.grad(loss, w)[0]
+        torch.testing.assert_close(unit.weight.grad, g)
+
+
+def test_ftp_cnn_rejects_batchnorm_and_dropout():
+    from repro.models import ConfigError, build_model
+    m = build_model({"arch": "cnn", "cnn": {"channels": [2]}}, 784, 10)  # BatchNorm by default
+    with pytest.raises(ConfigError, match="bn=false"):
+        make_rule({"name": "ftp"}).setup(m, 8)
+    m = build_model({"arch": "cnn", "cnn": {"channels": [2], "bn": False}}, 784, 10)
+    with pytest.raises(ConfigError, match="rule.keep"):
+        make_rule({"name": "ftp", "keep": 0.9}).setup(m, 8)

@@ -30,6 +30,15 @@ def table_jobs(P: dict, dataset: str) -> list[dict]:
             rule, bias = rules[m]
             jobs.append({"dataset": dataset, "method": m, "gamma": P["gamma"] if m == "FTP" else None, "seed": seed,
                          "config": _cfg(P, dataset, rule, bias, seed)})
+        C = P.get("cnn")
+        for m in (C or {}).get("methods", []):  # the 1-conv CNN of the MAC sheet (ftp.md §4.2): "<method> CNN"
+            rule = {"name": "bp"} if m == "BP" else {"name": "ftp", "gamma": P["gamma"]}
+            cnn = {"channels": list(C["channels"]), "kernel": C["kernel"], "padding": 0, "bn": False, "bias": False}
+            cfg = _cfg(P, dataset, rule, False, seed)
+            cfg["model"] = {"arch": "cnn", "act": P["act"], "loss": "ce", "init": "he_uniform", "cnn": cnn}
+            cfg["batch_size"] = C["batch_size"]
+            jobs.append({"dataset": dataset, "method": f"{m} CNN", "gamma": P["gamma"] if m == "FTP" else None,
+                         "seed": seed, "config": cfg})
         if dataset == P["gamma_sweep_dataset"]:
             for g in P["gammas"]:
                 if g != P["gamma"]:
@@ -50,7 +59,7 @@ def run(P: dict, dataset: str, results: str = "results"):
 def metrics(fin: pd.DataFrame, P: dict) -> dict:
     ok = fin[fin.status == "ok"]
     main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
-    out = {"final_test_acc": {m: {"mean": float(g.final_test_acc.mean()), "std": float(g.final_test_acc.std(ddof=1))
+    out: dict = {"final_test_acc": {m: {"mean": float(g.final_test_acc.mean()), "std": float(g.final_test_acc.std(ddof=1))
                                   if len(g) > 1 else 0.0, "n": int(len(g))} for m, g in main.groupby("method")},
            "best_test_acc": {m: float(g.best_test_acc.mean()) for m, g in main.groupby("method")},
            "gamma_sweep": {str(k): float(g.final_test_acc.mean()) for k, g in ok[ok.method == "FTP"].groupby("gamma")},
@@ -58,6 +67,8 @@ def metrics(fin: pd.DataFrame, P: dict) -> dict:
     a = out["final_test_acc"]
     if "FTP" in a and "BP" in a:
         out["ftp_fp32_within_2_of_bp"] = bool(a["BP"]["mean"] - a["FTP"]["mean"] <= 2.0)
+    if "FTP CNN" in a and "BP CNN" in a:
+        out["ftp_cnn_gap_to_bp_cnn"] = a["BP CNN"]["mean"] - a["FTP CNN"]["mean"]
     return out
 
 
@@ -65,11 +76,12 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
     ok = fin[fin.status == "ok"]
     main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    sns.pointplot(main, x="method", y="final_test_acc", order=[m for m in P["methods"] if m in set(main.method)],
-                  errorbar="sd", linestyle="none", capsize=0.2, ax=axes[0])
-    sns.stripplot(main, x="method", y="final_test_acc", order=[m for m in P["methods"] if m in set(main.method)],
-                  color="0.4", size=4, ax=axes[0])
-    axes[0].set_title(f"{dataset}: FC {'-'.join(map(str, P['widths']))}, final test accuracy")
+    order = [m for m in P["methods"] + [f"{m} CNN" for m in (P.get("cnn") or {}).get("methods", [])]
+             if m in set(main.method)]
+    sns.pointplot(main, x="method", y="final_test_acc", order=order, errorbar="sd", linestyle="none", capsize=0.2,
+                  ax=axes[0])
+    sns.stripplot(main, x="method", y="final_test_acc", order=order, color="0.4", size=4, ax=axes[0])
+    axes[0].set_title(f"{dataset}: FC {'-'.join(map(str, P['widths']))} (and CNN), final test accuracy", fontsize=9)
     axes[0].set_ylabel("test accuracy (%)")
     g = ok[ok.method == "FTP"]
     if g.gamma.nunique() > 1:

@@ -9,12 +9,19 @@ the ordinary forward layers from τ_1: ``τ_l = σ(W_l τ_{l−1} + b_l)``. Each
 ``δ_l = (h_l − τ_l) ⊙ σ'(a_l)``, ``∇W_l = δ_lᵀ h_{l−1} / B``; the output layer learns from the true label
 (``out_target: label``; ``tau`` trains it towards pass 2's output, an ablation that fails in the spec's
 sanity check). Forward evaluations only; no autograd graph.
+
+CNNs (:class:`~repro.models.CNN` without BatchNorm; ftp.md §2.5): G [C, C1·H1·W1] projects into the first
+conv block's output map *before pooling*, ``τ_1 = h_1 + γ(ψ(yG) − ψ(ŷG))`` reshaped to [B, C1, H1, W1];
+pass 2 runs pool → further conv blocks (their outputs before pooling are their targets) → flatten → FC
+layers from τ_1. A conv layer's local loss ½‖act(conv(h_in)) − τ‖² (sum over C, H, W; batch mean) has the
+weight gradient ``conv2d_weight(h_in, δ)`` with δ = (h − τ) ⊙ act'(a), computed in closed form.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+from torch.nn.grad import conv2d_weight
 
 from ..models import ACTIVATIONS, ConfigError, check_choice, dloss_dz, loss_value, prediction
 from .base import Batch, Rule, StepOut, dropout_masks, set_grad, signal
@@ -33,6 +40,18 @@ class FTP(Rule):
         check_choice("rule.pre", self.params["pre"], ("h", "tau"))
 
     def setup(self, model, n_train):
+        self.cnn = len(getattr(model, "convs", ())) > 0
+        if self.cnn:
+            if model.bn:
+                raise ConfigError("rule 'ftp' on a CNN needs model.cnn.bn=false (local conv losses without BatchNorm)")
+            if self.params["keep"] < 1.0:
+                raise ConfigError("rule 'ftp' on a CNN: rule.keep must be 1 (dropout is implemented for MLPs only)")
+            c = model.sizes[-1]
+            h1, w1 = model.spatial[0]
+            n1 = model.convs[0].out_channels * h1 * w1
+            bound = math.sqrt(6.0 / c) * self.params["g_scale"]
+            self.G = torch.rand(c, n1, device=model.layers[0].weight.device) * 2 * bound - bound
+            return
         if model.depth < 1:
             raise ConfigError("rule 'ftp' needs at least one hidden layer (model.depth >= 1)")
         c, n1 = model.sizes[-1], model.sizes[1]
@@ -62,7 +81,64 @@ class FTP(Rule):
         return taus
 
     @torch.no_grad()
+    def _cnn_step(self, model, batch: Batch) -> StepOut:
+        """Pass 1 keeps every block's input, pre-activation and output (before pooling); τ_1 from G;
+        pass 2 from τ_1 gives each later weight layer's target; closed-form local gradients."""
+        B, y, nc = len(batch.x), batch.y, len(model.convs)
+        pool = torch.nn.functional.max_pool2d if model.pool_name == "max" else torch.nn.functional.avg_pool2d
+        fc_act = model.fc_act
+
+        def run(h, start):  # from block `start` (h = its input) to the output: inputs, pre-acts, outputs
+            ins, pres, outs = [], [], []
+            for k in range(start, nc):
+                ins.append(h)
+                a = model.convs[k](h)
+                pres.append(a)
+                outs.append(model.act.fn(a))
+                h = pool(outs[-1], 2)
+                if k == nc - 1:
+                    h = h.flatten(1)
+            for j, lin in enumerate(model.layers):
+                ins.append(h)
+                a = lin(h)
+                pres.append(a)
+                h = a if j == len(model.layers) - 1 else fc_act.fn(a)
+                outs.append(h)
+            return ins, pres, outs
+
+        ins, pres, outs = run(model.image(batch.x), 0)
+        yhat = prediction(model.loss, outs[-1])
+        tau1 = self.first_target(model, outs[0].flatten(1), yhat, y).view_as(outs[0])
+        h = pool(tau1, 2)
+        taus = [tau1]
+        _, _, touts = run(h if nc > 1 else h.flatten(1), 1)
+        taus += touts  # targets of the later conv blocks and FC layers (last: pass 2's output)
+        n_units = nc + len(model.layers)
+        for k in range(n_units - 1):  # hidden weight layers: local target losses
+            act = model.act if k < nc else fc_act
+            d = signal(model, outs[k] - taus[k]) * act.grad(pres[k], outs[k])
+            if k < nc:
+                conv = model.convs[k]
+                set_grad(conv.weight, conv2d_weight(ins[k], conv.weight.shape, d, padding=conv.padding) / B)
+                if conv.bias is not None:
+                    set_grad(conv.bias, d.sum((0, 2, 3)) / B)
+            else:
+                lin = model.layers[k - nc]
+                set_grad(lin.weight, d.t() @ ins[k] / B)
+                if lin.bias is not None:
+                    set_grad(lin.bias, d.sum(0) / B)
+        out = model.layers[-1]
+        t = y if self.params["out_target"] == "label" else prediction(model.loss, taus[-1])
+        d = dloss_dz(model.loss, outs[-1], t)
+        set_grad(out.weight, d.t() @ ins[-1])
+        if out.bias is not None:
+            set_grad(out.bias, d.sum(0))
+        return StepOut(loss_value(model.loss, outs[-1], y), outs[-1], {"taus": taus})
+
+    @torch.no_grad()
     def step(self, model, batch: Batch) -> StepOut:
+        if self.cnn:
+            return self._cnn_step(model, batch)
         x, y = batch.x, batch.y
         B = x.shape[0]
         m = dropout_masks(model, B, self.params["keep"], x.device)
