@@ -155,7 +155,8 @@ class MLP(nn.Module):
 
 IMAGE_SHAPES = {784: (1, 28, 28), 3072: (3, 32, 32)}  # flat input size -> (channels, height, width)
 CNN_DEFAULTS = {"channels": [4, 4], "fc": [], "kernel": 6, "padding": 2, "pool": "max", "bn": True,
-                "conv_dropout": 0.0, "fc_dropout": 0.0, "fc_act": "identity", "bias": True}
+                "conv_dropout": 0.0, "fc_dropout": 0.0, "fc_act": "identity", "bias": True, "stride": 1,
+                "pool_scale": 1.0}
 
 
 class CNN(nn.Module):
@@ -172,7 +173,7 @@ class CNN(nn.Module):
     def __init__(self, in_shape: tuple[int, int, int], n_out: int, channels: list[int], fc: list[int] = (),
                  kernel: int = 6, padding: int = 2, pool: str = "max", bn: bool = True, act: str = "relu",
                  fc_act: str = "identity", loss: str = "ce", conv_dropout: float = 0.0, fc_dropout: float = 0.0,
-                 bias: bool = True, init: str = "default"):
+                 bias: bool = True, init: str = "default", stride: int = 1, pool_scale: float = 1.0):
         super().__init__()
         check_choice("model.act", act, ACTIVATIONS)
         check_choice("model.cnn.fc_act", fc_act, ACTIVATIONS)
@@ -191,12 +192,16 @@ class CNN(nn.Module):
         self.kernel, self.padding, self.pool_name = kernel, padding, pool
         self.convs, self.bns, self.spatial = nn.ModuleList(), nn.ModuleList(), []
         c_in, hgt, wid = in_shape
+        if not isinstance(stride, int) or stride < 1:
+            raise ConfigError(f"model.cnn.stride={stride!r} must be a positive integer")
+        self.pool_scale = float(pool_scale)
         for c in channels:
-            hgt, wid = hgt + 2 * padding - kernel + 1, wid + 2 * padding - kernel + 1  # conv output
+            hgt = (hgt + 2 * padding - kernel) // stride + 1  # conv output
+            wid = (wid + 2 * padding - kernel) // stride + 1
             if hgt < 2 or wid < 2:
                 raise ConfigError(f"model.cnn: {len(channels)} conv blocks with kernel {kernel} shrink "
                                   f"{tuple(in_shape)} below 2×2; use fewer blocks or a smaller kernel")
-            self.convs.append(nn.Conv2d(c_in, c, kernel, padding=padding, bias=bias and not bn))
+            self.convs.append(nn.Conv2d(c_in, c, kernel, stride=stride, padding=padding, bias=bias and not bn))
             self.bns.append(nn.BatchNorm2d(c) if bn else nn.Identity())
             self.spatial.append((hgt, wid))  # where the goodness of this block lives (before pooling)
             hgt, wid, c_in = hgt // 2, wid // 2, c
@@ -205,20 +210,27 @@ class CNN(nn.Module):
         self.sizes = sizes  # of the FC part
         self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(sizes[:-1], sizes[1:]))
         self.bn = bn
-        check_choice("model.init", init, ("default", "he_uniform"))
+        check_choice("model.init", init, ("default", "he_uniform", "orthogonal"))
         if init == "he_uniform":  # U(±√(6/fan_in)), PEPITA's init; biases zero
             for m in list(self.convs) + list(self.layers):
                 nn.init.uniform_(m.weight, -math.sqrt(6.0 / m.weight[0].numel()), math.sqrt(6.0 / m.weight[0].numel()))
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        elif init == "orthogonal":  # conv kernels as [c_out, c_in·k·k] matrices (FOTON's conv reconstruction)
+            for m in list(self.convs) + list(self.layers):
+                nn.init.orthogonal_(m.weight.data.view(m.weight.shape[0], -1))
 
     def conv_pre(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """Block i's BatchNorm(conv(h)) [B, c, H', W'] (``h`` an image batch)."""
         return self.bns[i](self.convs[i](h))
 
+    def pool(self, h: torch.Tensor) -> torch.Tensor:
+        """2×2 pooling; ``pool_scale`` multiplies it (2 makes average pooling row-orthonormal: P Pᵀ = I)."""
+        p = (F.max_pool2d if self.pool_name == "max" else F.avg_pool2d)(h, 2)
+        return p if self.pool_scale == 1.0 else p * self.pool_scale
+
     def conv_out(self, i: int, a: torch.Tensor) -> torch.Tensor:
-        pool = F.max_pool2d if self.pool_name == "max" else F.avg_pool2d
-        return self.conv_drop(pool(self.act.fn(a), 2))
+        return self.conv_drop(self.pool(self.act.fn(a)))
 
     def image(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(len(x), *self.in_shape)
@@ -255,7 +267,8 @@ def build_model(cfg: dict, n_in: int, n_out: int) -> nn.Module:
         c = {**CNN_DEFAULTS, **c}
         return CNN(IMAGE_SHAPES[n_in], n_out, list(c["channels"]), list(c["fc"]), c["kernel"], c["padding"],
                    c["pool"], c["bn"], cfg.get("act", "relu"), c["fc_act"], cfg.get("loss", "ce"),
-                   c["conv_dropout"], c["fc_dropout"], c["bias"], cfg.get("init", "default"))
+                   c["conv_dropout"], c["fc_dropout"], c["bias"], cfg.get("init", "default"), c["stride"],
+                   c["pool_scale"])
     if cfg.get("widths") is not None:
         ws = cfg["widths"]
         if not isinstance(ws, list) or any(not isinstance(w, int) or w < 1 for w in ws):

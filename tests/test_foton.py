@@ -164,3 +164,74 @@ def test_low_memory_step_shares_masks_across_passes():
     exp = [(hs[i + 1] - hm[i + 1]).T @ hs[i] / 16 for i in range(2)] + [e.T @ hs[2] / 16]
     for lin, g in zip(m.layers, exp):
         torch.testing.assert_close(lin.weight.grad, g)
+
+
+# ------------------------------------------------- conv / average pooling (our reconstruction, §2.7)
+def conv_setup(channels=(4, 8), act="identity", **cnn):
+    from repro.models import build_model
+    torch.manual_seed(0)
+    spec = {"channels": list(channels), "kernel": 2, "stride": 2, "padding": 0, "pool": "avg", "pool_scale": 2.0,
+            "bn": False, "bias": False, **cnn}
+    m = build_model({"arch": "cnn", "act": act, "loss": "ce", "bias": False, "init": "orthogonal", "cnn": spec},
+                    784, 10).double()
+    r = make_rule({"name": "foton", "keep": 1.0})
+    r.setup(m, 100)
+    m.requires_grad_(False)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 784, generator=g, dtype=torch.float64)
+    t = torch.nn.functional.one_hot(torch.randint(0, 10, (8,), generator=g), 10).double()
+    return m, r, Batch(torch.arange(8), x, t)
+
+
+def conv_bp_grads(m, b):
+    ref = copy.deepcopy(m).requires_grad_(True)
+    ws = [u.weight for u in list(ref.convs) + list(ref.layers)]
+    return torch.autograd.grad(loss_value(ref.loss, ref(b.x), b.y), ws)
+
+
+def test_ff_matrix_of_a_cnn_is_its_linearised_map():
+    m, r, b = conv_setup(act="relu")
+    lin = copy.deepcopy(m)
+    lin.act = lin.fc_act  # identity
+    torch.testing.assert_close(b.x @ r.FF.t(), lin(b.x))
+
+
+@pytest.mark.parametrize("channels", [(4,), (4, 8)])
+def test_linear_orthogonal_conv_foton_equals_bp(channels):
+    """Non-overlapping convs with orthonormal kernel rows, 2× average pooling and orthonormal FC rows: every
+    operator is row-orthonormal and widths do not grow (784 → 4·14·14 → 4·7·7 → 8·3·3 …), so FOTON's
+    updates are exactly the BP gradients, conv kernels included."""
+    m, r, b = conv_setup(channels)
+    r.step(m, b)
+    for u, g in zip(list(m.convs) + list(m.layers), conv_bp_grads(m, b)):
+        assert cos(u.weight.grad, g) >= 1 - 1e-5
+        torch.testing.assert_close(u.weight.grad, g, rtol=1e-9, atol=1e-12)
+
+
+def test_overlapping_conv_or_unscaled_pooling_breaks_the_identity():
+    # unscaled 2×2 average pooling has P Pᵀ = I/4: a layer above it gets BP's direction at 1/4 of its size
+    m, r, b = conv_setup((4, 8), pool_scale=1.0)
+    r.step(m, b)
+    g = conv_bp_grads(m, b)
+    torch.testing.assert_close(m.convs[0].weight.grad, g[0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(m.convs[1].weight.grad, g[1] / 4, rtol=1e-9, atol=1e-12)
+    # an overlapping convolution is not row-orthonormal as an operator: the direction itself changes
+    m, r, b = conv_setup((4,), kernel=3, stride=1, padding=1)
+    r.step(m, b)
+    assert cos(m.convs[0].weight.grad, conv_bp_grads(m, b)[0]) < 1 - 1e-3
+
+
+def test_conv_bjorck_keeps_kernels_row_orthonormal_and_cnn_config_errors():
+    m, r, b = conv_setup((4,))
+    with torch.no_grad():
+        m.convs[0].weight.add_(0.1 * torch.randn_like(m.convs[0].weight))
+    r.after_step(m, b, None)
+    w = m.convs[0].weight.view(4, -1)
+    torch.testing.assert_close(w @ w.t(), torch.eye(4, dtype=w.dtype), atol=1e-4, rtol=0)
+    from repro.models import ConfigError, build_model
+    bn = build_model({"arch": "cnn", "bias": False, "cnn": {"channels": [2], "bias": False}}, 784, 10)
+    with pytest.raises(ConfigError, match="bn=false"):
+        make_rule({"name": "foton", "keep": 1.0}).setup(bn, 10)
+    plain = build_model({"arch": "cnn", "bias": False, "cnn": {"channels": [2], "bias": False, "bn": False}}, 784, 10)
+    with pytest.raises(ConfigError, match="rule.keep=1"):
+        make_rule({"name": "foton"}).setup(plain, 10)

@@ -11,10 +11,20 @@ After every ``ortho_every`` steps all layers are projected back to (semi-)orthog
 Björck iterations (§2.4), then every ``ff_every`` steps 𝔽 is recomputed (0 = frozen at init).
 Dropout masks (keep probability ``keep``) are shared by both passes. Build the model with
 ``init: orthogonal`` and ``bias: false`` as the authors do.
+
+**Convolution / average pooling — OUR RECONSTRUCTION** (foton.md §2.7; the authors' conv module was never
+published). On a :class:`~repro.models.CNN` without BatchNorm or biases: 𝔽 (C × d0) is the linear map of
+the network with activations replaced by the identity, obtained by forwarding the d0 one-hot basis images;
+each conv layer's update is ``conv2d_weight(H_{l−1}, K_l.shape, H_l − H̃_l) / B`` (clean input, activity
+difference of its output before pooling), FC layers as above. Björck acts on each kernel reshaped to
+[C_out, C_in·k·k]. The operator is exactly row-orthonormal — and FOTON equals BP for linear nets — when
+convolutions do not overlap (``stride = kernel``, no padding) with C_out ≤ C_in·k², and 2×2 average pooling
+is scaled by 2 (``pool_scale: 2``, P Pᵀ = I). Dropout is not implemented for conv nets (``keep: 1``).
 """
 from __future__ import annotations
 
 import torch
+from torch.nn.grad import conv2d_weight
 
 from ..models import ConfigError, loss_value
 from .base import Batch, Rule, StepOut, dropout_masks, set_grad
@@ -40,11 +50,27 @@ def bjorck(w: torch.Tensor, iters: int = 20, beta: float = 0.5, power_iters: int
 
 
 def ff_matrix(model) -> torch.Tensor:
-    """𝔽 = W_L ⋯ W_1 (C × d0)."""
+    """𝔽 = W_L ⋯ W_1 (C × d0); for a CNN, the linearised network applied to the d0 basis images."""
+    if len(getattr(model, "convs", ())):
+        d0 = model.in_shape[0] * model.in_shape[1] * model.in_shape[2]
+        eye = torch.eye(d0, dtype=model.layers[0].weight.dtype, device=model.layers[0].weight.device)
+        return cnn_linear(model, eye).t().contiguous()
     f = model.layers[0].weight
     for lin in model.layers[1:]:
         f = lin.weight @ f
     return f.detach().clone()
+
+
+@torch.no_grad()
+def cnn_linear(model, x: torch.Tensor) -> torch.Tensor:
+    """The CNN with every activation replaced by the identity (and no dropout): flat x [N, d0] → [N, C]."""
+    h = model.image(x)
+    for conv in model.convs:
+        h = model.pool(conv(h))
+    h = h.flatten(1)
+    for lin in model.layers:
+        h = lin(h)
+    return h
 
 
 class FOTON(Rule):
@@ -63,6 +89,13 @@ class FOTON(Rule):
     def setup(self, model, n_train):
         if any(lin.bias is not None for lin in model.layers):
             raise ConfigError("rule 'foton' needs model.bias=false (the authors' bias update is undefined)")
+        self.cnn = len(getattr(model, "convs", ())) > 0
+        if self.cnn:
+            if model.bn or any(c.bias is not None for c in model.convs):
+                raise ConfigError("rule 'foton' on a CNN needs model.cnn.bn=false and model.cnn.bias=false")
+            if self.params["keep"] < 1.0 or self.params["low_memory"]:
+                raise ConfigError("rule 'foton' on a CNN: set rule.keep=1 and rule.low_memory=false "
+                                  "(dropout and the low-memory variant are implemented for MLPs only)")
         self.FF = ff_matrix(model)
         self.t = 0
 
@@ -76,8 +109,43 @@ class FOTON(Rule):
             return y - t
         raise ConfigError(f"rule 'foton' supports model.loss 'ce' or 'mse', not {model.loss!r}")
 
+    @staticmethod
+    def _cnn_pass(model, x):
+        """Inputs and outputs (before pooling) of every weight layer, and the model output."""
+        ins, outs, h = [], [], model.image(x)
+        for conv in model.convs:
+            ins.append(h)
+            outs.append(model.act.fn(conv(h)))
+            h = model.pool(outs[-1])
+        h = h.flatten(1)
+        for i, lin in enumerate(model.layers):
+            ins.append(h)
+            z = lin(h)
+            h = z if i == len(model.layers) - 1 else model.fc_act.fn(z)
+            outs.append(h)
+        return ins, outs
+
+    def _cnn_step(self, model, batch: Batch) -> StepOut:
+        x, t = batch.x, batch.y
+        B, nc = x.shape[0], len(model.convs)
+        ins, outs = self._cnn_pass(model, x)
+        e = self.error(model, outs[-1], t)
+        _, mods = self._cnn_pass(model, x - e @ self.FF)
+        units = list(model.convs) + list(model.layers)
+        for k, u in enumerate(units):
+            if k == len(units) - 1:
+                set_grad(u.weight, e.t() @ ins[k] / B)
+            elif k < nc:
+                set_grad(u.weight, conv2d_weight(ins[k], u.weight.shape, outs[k] - mods[k], stride=u.stride,
+                                                 padding=u.padding) / B)
+            else:
+                set_grad(u.weight, (outs[k] - mods[k]).t() @ ins[k] / B)
+        return StepOut(loss_value(model.loss, outs[-1], t), outs[-1], {})
+
     @torch.no_grad()
     def step(self, model, batch: Batch) -> StepOut:
+        if self.cnn:
+            return self._cnn_step(model, batch)
         if self.params["low_memory"]:
             return self._step_low_memory(model, batch)
         x, t = batch.x, batch.y
@@ -138,8 +206,9 @@ class FOTON(Rule):
         self.t += 1
         p = self.params
         if p["ortho_every"] and self.t % p["ortho_every"] == 0:
-            for lin in model.layers:
-                lin.weight.copy_(bjorck(lin.weight, p["bjorck_iters"]))
+            for lin in list(getattr(model, "convs", ())) + list(model.layers):
+                w = lin.weight.view(lin.weight.shape[0], -1)  # conv kernels as [c_out, c_in·k·k]
+                lin.weight.copy_(bjorck(w, p["bjorck_iters"]).view_as(lin.weight))
         if p["ff_every"] and self.t % p["ff_every"] == 0:
             self.FF = ff_matrix(model)
 

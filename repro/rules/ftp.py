@@ -85,7 +85,7 @@ class FTP(Rule):
         """Pass 1 keeps every block's input, pre-activation and output (before pooling); τ_1 from G;
         pass 2 from τ_1 gives each later weight layer's target; closed-form local gradients."""
         B, y, nc = len(batch.x), batch.y, len(model.convs)
-        pool = torch.nn.functional.max_pool2d if model.pool_name == "max" else torch.nn.functional.avg_pool2d
+        pool = lambda h, _k: model.pool(h)  # noqa: E731
         fc_act = model.fc_act
 
         def run(h, start):  # from block `start` (h = its input) to the output: inputs, pre-acts, outputs
