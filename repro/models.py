@@ -245,13 +245,80 @@ class CNN(nn.Module):
         return output(self.loss, self.layers[-1](h))
 
 
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block of F³'s simplified ViT (f3.md §2.9): x + Attn(LN x), then x + MLP(LN x); input
+    and output flat [B, tokens·dim]."""
+
+    def __init__(self, tokens: int = 16, dim: int = 32, heads: int = 8, head_dim: int = 64, mlp: int = 128):
+        super().__init__()
+        self.tokens, self.dim, self.heads, self.head_dim = tokens, dim, heads, head_dim
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
+        self.proj = nn.Linear(heads * head_dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.Tanh(), nn.Linear(mlp, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        x = x.view(B, self.tokens, self.dim)
+        q, k, v = self.qkv(self.ln1(x)).view(B, self.tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-1, -2) * self.head_dim ** -0.5, dim=-1) @ v  # [B, heads, T, hd]
+        x = x + self.proj(a.transpose(1, 2).reshape(B, self.tokens, -1))
+        x = x + self.mlp(self.ln2(x))
+        return x.reshape(B, -1)
+
+
+def patch_order(side: int = 28, patch: int = 7) -> torch.Tensor:
+    """Indices that reorder a flat side×side image into patch-major order (patch row, patch column, pixel
+    row, pixel column), as F³'s ViT cuts its input."""
+    idx = torch.arange(side * side).view(side // patch, patch, side // patch, patch)
+    return idx.permute(0, 2, 1, 3).reshape(-1)
+
+
+class ViT(nn.Module):
+    """F³'s "simplified ViT" for 28×28 MNIST (f3.md §2.9): 16 non-overlapping 7×7 patches concatenated in
+    patch-major order, one dense Linear(784 → 512), viewed as 16 tokens of width 32 (no class token, no
+    positional encoding); 4 Transformer blocks (8 heads of 64, MLP 32→128→32 with tanh); head
+    Linear(512 → 512)–tanh, Linear(512 → n_out) logits. 965,898 parameters for 10 classes.
+
+    For direct-feedback rules the net is a stack of ``blocks`` (each receives a pseudo-gradient at its
+    output and back-propagates only inside itself): [embedding + block 1], block 2, block 3, block 4,
+    [head hidden + tanh]; ``out`` is the output layer (also ``layers[-1]``)."""
+
+    def __init__(self, n_out: int = 10, loss: str = "ce", side: int = 28, patch: int = 7, width: int = 512,
+                 depth: int = 4, heads: int = 8, head_dim: int = 64, mlp: int = 128):
+        super().__init__()
+        check_choice("model.loss", loss, LOSSES)
+        tokens = (side // patch) ** 2
+        if width % tokens:
+            raise ConfigError(f"model.vit: width={width} must be divisible by the {tokens} patches")
+        self.loss, self.hw, self.n_out = loss, None, n_out
+        self.register_buffer("order", patch_order(side, patch), persistent=False)
+        embed = nn.Linear(side * side, width)
+        tb = [TransformerBlock(tokens, width // tokens, heads, head_dim, mlp) for _ in range(depth)]
+        self.blocks = nn.ModuleList([nn.Sequential(embed, tb[0]), *tb[1:], nn.Sequential(nn.Linear(width, width),
+                                                                                          nn.Tanh())])
+        self.out = nn.Linear(width, n_out)
+        self.layers = nn.ModuleList([self.out])
+        self.block_widths = [width] * len(self.blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x[:, self.order]
+        for b in self.blocks:
+            h = b(h)
+        return output(self.loss, self.out(h))
+
+
 def build_model(cfg: dict, n_in: int, n_out: int) -> nn.Module:
     """``cfg``: {arch: mlp|cnn, width, depth, act, loss, bias, init, widths, out_width, cnn}. MLP: ``widths``
     (a list of hidden widths), when given, replaces width × depth. CNN: ``cnn`` holds the conv/FC settings
     (:data:`CNN_DEFAULTS`). ``out_width`` overrides the dataset's output size (FFzero regression reads a
     10-d last layer against an antipodal prototype, ffzero.md §2.8)."""
     arch = cfg.get("arch", "mlp")
-    check_choice("model.arch", arch, ("mlp", "cnn"))
+    check_choice("model.arch", arch, ("mlp", "cnn", "vit"))
+    if arch == "vit":
+        if n_in != 784:
+            raise ConfigError(f"model.arch='vit' is F³'s 28×28 MNIST ViT; got {n_in} inputs")
+        return ViT(n_out, cfg.get("loss", "ce"))
     ow = cfg.get("out_width")
     if ow is not None:
         if not isinstance(ow, int) or ow < 1:

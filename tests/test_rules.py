@@ -253,3 +253,52 @@ def test_peak_memory_tracker_counts_allocations_only():
         del b
         c = torch.ones(512)  # 2 KiB, after b was freed
     assert m.peak == 2048 and v.shape == (10,) and c.numel() == 512
+
+
+# ------------------------------------------------------------------ blockwise feedback (F³'s ViT, §2.9)
+def _tiny_vit():
+    from repro.models import ViT
+    torch.manual_seed(0)
+    return ViT(10, "ce", width=64, heads=2, head_dim=4, mlp=8).double()
+
+
+def test_vit_has_the_spec_parameter_count_and_patch_order():
+    from repro.models import build_model, patch_order
+    m = build_model({"arch": "vit", "loss": "ce"}, 784, 10)
+    assert sum(p.numel() for p in m.parameters()) == 965_898  # f3.md §2.9
+    img = torch.arange(784).view(28, 28)
+    first_patch = img[:7, :7].reshape(-1)
+    assert torch.equal(patch_order()[:49], first_patch) and torch.equal(patch_order()[49:98], img[:7, 7:14].reshape(-1))
+
+
+@pytest.mark.parametrize("name", ["dfa", "drtp", "f3"])
+def test_blockwise_feedback_equals_its_formula_on_a_vit(name, float64):
+    """Each block's update = ∂⟨block(sg(h_in)), e B_i⟩/∂θ_block; the output layer's = ∂(mean CE)/∂θ_out on
+    its own input; F³ in epoch 1 (buffer = targets) is DRTP."""
+    import torch.nn.functional as F
+    m = _tiny_vit()
+    rule = make_rule({"name": name, "feedback_init": "trinomial"})
+    rule.setup(m, 6)
+    rule.B = [b.double() for b in rule.B]
+    assert rule.needs_autograd
+    m.requires_grad_(True)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 784, generator=g, dtype=torch.float64)
+    t = F.one_hot(torch.arange(6) % 10, 10).double()
+    if name == "f3":
+        rule.init_buffer(t)
+    rule.step(m, Batch(torch.arange(6), x, t))
+    h = x[:, m.order]
+    with torch.no_grad():
+        y = m(x)
+    e = {"dfa": t - torch.softmax(y, 1), "drtp": t, "f3": t}[name]
+    for i, blk in enumerate(m.blocks):
+        inp = h.detach()
+        o = blk(inp)
+        exp = torch.autograd.grad((o * (e @ rule.B[i])).sum(), list(blk.parameters()))
+        for p, ge in zip(blk.parameters(), exp):
+            torch.testing.assert_close(p.grad, ge)
+        h = o.detach()
+    exp = torch.autograd.grad(F.cross_entropy(m.out(h), t.argmax(1)), list(m.out.parameters()))
+    for p, ge in zip(m.out.parameters(), exp):
+        torch.testing.assert_close(p.grad, ge)

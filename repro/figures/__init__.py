@@ -7,7 +7,7 @@ def _f3(section, P, results, only=None):
     return f3.run(section, P, results, only=only)
 
 
-SECTIONS = {"f3_regression": _f3, "f3_mnist": _f3, "f3_variants": _f3, "f3_depth": _f3}
+SECTIONS = {"f3_regression": _f3, "f3_mnist": _f3, "f3_variants": _f3, "f3_depth": _f3, "f3_vit": _f3}
 
 
 def _ffzero(section, P, results, only=None):

@@ -141,8 +141,59 @@ VARIANT_LABEL = {"delayed_error": "Error", "delayed_loss": "Loss", "delayed_erro
                  "delayed_loss_softmax": "Loss+Softmax"}
 INIT_LABEL = {"kaiming_uniform": "Kaiming", "trinomial": "Trinomial", "binomial": "Binomial", "pm_identity": "±I"}
 
+def vit_jobs(P: dict) -> list[dict]:
+    """Fig. 4b (f3.md §2.9, §3.6 E5): the simplified ViT on MNIST; each Transformer block is one "layer" of
+    the direct-feedback rules (trinomial feedback); F³ = delayed_error_softmax (y* − softmax(logits), the
+    authors' choice here); Adam 3e-3 for all, batch 100; the figure is the best test accuracy in 100 epochs."""
+    jobs = []
+    for seed in P["seeds"]:
+        for label in P["algorithms"]:
+            extra = {"feedback_init": P["feedback_init"]} if label != "BP" else {}
+            if label.startswith("F3"):
+                extra["error_info"] = P["f3_error_info"]
+            rule = rule_config("F3-Error" if label.startswith("F3") else label, **extra)
+            cfg = {"dataset": {"name": "mnist", "normalize": "standard", "n_train": P.get("n_train"),
+                               "n_test": P.get("n_test")},
+                   "model": {"arch": "vit", "loss": "ce"}, "rule": rule,
+                   "optim": {"name": "adam", "lr": float(P["lr"])},
+                   "epochs": P["epochs"], "batch_size": P["batch_size"], "seed": seed}
+            jobs.append({"dataset": "mnist", "algorithm": label, "seed": seed, "config": cfg})
+    return jobs
+
+
+def vit_metrics(fin: pd.DataFrame) -> dict:
+    """Best test accuracy over the epochs (the paper's Fig. 4b measure) and final, per algorithm; the §4
+    qualitative claim as checks: DRTP above chance (10 %) but below F³, DFA and BP."""
+    ok = fin[fin.status == "ok"].assign(best_test_acc=lambda f: 100.0 - f.best_test_error,
+                                        final_test_acc=lambda f: 100.0 - f.final_test_error)
+    m = {"best_test_acc": {a: agg(g.best_test_acc) for a, g in ok.groupby("algorithm")},
+         "final_test_acc": {a: agg(g.final_test_acc) for a, g in ok.groupby("algorithm")},
+         "diverged_runs": int((fin.status != "ok").sum())}
+    b = {a: v["mean"] for a, v in m["best_test_acc"].items()}
+    if {"BP", "F3"} <= set(b):
+        m["f3_minus_bp_best_acc"] = b["F3"] - b["BP"]
+    if {"DRTP", "F3", "DFA", "BP"} <= set(b):
+        m["drtp_above_chance_below_others"] = bool(10.0 < b["DRTP"] < min(b["F3"], b["DFA"], b["BP"]))
+    return m
+
+
+def plot_vit(fin: pd.DataFrame):
+    ok = fin[fin.status == "ok"].assign(best_test_acc=lambda f: 100.0 - f.best_test_error)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    order = [a for a in ("BP", "DFA", "DRTP", "F3") if a in set(ok.algorithm)]
+    sns.barplot(ok, x="algorithm", y="best_test_acc", order=order, errorbar="sd", ax=ax,
+                palette=[PALETTE.get(a, PALETTE.get("F3-Error")) if a != "F3" else PALETTE["F3-Error"] for a in order])
+    ax.axhline(10, color="grey", ls=":", lw=1, label="chance")
+    ax.set_ylabel("best test accuracy in the run (%)")
+    ax.set_xlabel("")
+    ax.set_title("F³ Fig. 4b: simplified ViT on MNIST (blocks as layers)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 JOBS = {"f3_regression": regression_jobs, "f3_mnist": mnist_jobs, "f3_variants": variant_jobs,
-        "f3_depth": depth_jobs}
+        "f3_depth": depth_jobs, "f3_vit": vit_jobs}
 
 
 def run(section: str, P: dict, results: str = "results", only: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:

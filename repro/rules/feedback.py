@@ -43,8 +43,13 @@ class DirectFeedback(Rule):
 
     def setup(self, model, n_train):
         dev = model.layers[0].weight.device
-        n_out = model.sizes[-1]
-        self.B = [feedback_matrix(self.params["feedback_init"], n_out, n, dev) for n in model.sizes[1:-1]]
+        self.blockwise = hasattr(model, "blocks")  # e.g. the ViT: blocks back-propagate internally
+        if self.blockwise:
+            self.needs_autograd = True  # inside each block only
+            n_out, widths = model.n_out, model.block_widths
+        else:
+            n_out, widths = model.sizes[-1], model.sizes[1:-1]
+        self.B = [feedback_matrix(self.params["feedback_init"], n_out, n, dev) for n in widths]
         self.loss = model.loss
 
     def feedback(self, batch: Batch, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
@@ -54,8 +59,34 @@ class DirectFeedback(Rule):
     def trainable(self, model):
         return list(model.parameters()) if self.train_hidden else list(model.layers[-1].parameters())
 
+    def _block_step(self, model, batch: Batch) -> StepOut:
+        """Block models (f3.md §2.9): block i gets ``e @ B_i`` at its output and back-propagates it only
+        inside itself (its input is detached); the output layer gets the exact local gradient."""
+        outs, h = [], batch.x[:, model.order] if hasattr(model, "order") else batch.x
+        with torch.enable_grad():
+            for blk in model.blocks:
+                h = blk(h.detach() if self.train_hidden else h)
+                outs.append(h)
+        hl = outs[-1].detach()
+        with torch.no_grad():
+            y = model.out(hl)
+            gz = dloss_dz(model.loss, y, batch.y)
+            set_grad(model.out.weight, gz.t() @ hl)
+            if model.out.bias is not None:
+                set_grad(model.out.bias, gz.sum(0))
+            e = self.feedback(batch, y) if self.train_hidden else None
+        if self.train_hidden:
+            for i, (blk, o) in enumerate(zip(model.blocks, outs)):
+                ps = list(blk.parameters())
+                for p, g in zip(ps, torch.autograd.grad(o, ps, grad_outputs=signal(model, e @ self.B[i]))):
+                    set_grad(p, g)
+        return StepOut(loss_value(model.loss, y, batch.y), y)
+
     @torch.no_grad()
     def step(self, model, batch: Batch) -> StepOut:
+        if self.blockwise:
+            with torch.enable_grad():
+                return self._block_step(model, batch)
         zs, hs = model.forward_all(batch.x)
         y = hs[-1]
         loss = loss_value(model.loss, y, batch.y)
