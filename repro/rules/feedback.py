@@ -63,9 +63,9 @@ class DirectFeedback(Rule):
         """Block models (f3.md §2.9): block i gets ``e @ B_i`` at its output and back-propagates it only
         inside itself (its input is detached); the output layer gets the exact local gradient."""
         outs, h = [], batch.x[:, model.order] if hasattr(model, "order") else batch.x
-        with torch.enable_grad():
+        with torch.set_grad_enabled(self.train_hidden):
             for blk in model.blocks:
-                h = blk(h.detach() if self.train_hidden else h)
+                h = blk(h.detach())
                 outs.append(h)
         hl = outs[-1].detach()
         with torch.no_grad():

@@ -11,6 +11,8 @@ class LLO(DirectFeedback):
     def setup(self, model, n_train):
         self.B = []
         self.loss = model.loss
+        self.blockwise = hasattr(model, "blocks")
+        self.needs_autograd = False
 
     def feedback(self, batch, y):  # pragma: no cover - never called
         raise AssertionError("LLO has no hidden feedback")
