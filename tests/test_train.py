@@ -1,4 +1,5 @@
 """Engine: determinism, run cache, resume after a kill, divergence, weights, bad parameters."""
+from pathlib import Path
 import json
 
 import pytest
@@ -216,3 +217,20 @@ def test_code_still_reproduces_committed_runs(mirror, monkeypatch, algorithm):
         torch.set_num_threads(threads)
     for a, b in zip(new["history"], rec["history"][:3]):
         assert (a["epoch"], a["train_loss"], a["test_loss"]) == (b["epoch"], b["train_loss"], b["test_loss"])
+
+
+def test_background_sweep_of_a_section_fills_the_stage_store(tmp_path, mirror, monkeypatch):
+    """`python -m repro sweep <section>` trains into the same store the stage's notebook reads."""
+    from repro.figures import SECTIONS
+    from repro.figures.common import load_params
+    monkeypatch.setenv("REPRO_DATA_MIRROR", str(mirror))
+    monkeypatch.setenv("REPRO_DATA_ROOT", str(tmp_path / "data"))
+    root = Path(__file__).resolve().parents[1]
+    P = {**load_params("foton_shallow", root / "params.smoke.yaml"), "workers": 1, "device": "cpu"}
+    SECTIONS["foton_shallow"]("foton_shallow", P, tmp_path / "results", only={"dataset": "mnist", "method": "BP",
+                                                                              "seed": "1"})
+    assert len(list((tmp_path / "results" / "foton_shallow" / "mnist" / "runs").glob("*.json"))) == 1
+    P = {**load_params("ffzero_regression", root / "params.smoke.yaml"), "workers": 1, "device": "cpu"}
+    SECTIONS["ffzero_regression"]("ffzero_regression", P, tmp_path / "results",
+                                  only={"dataset": "ffzero_function1", "paradigm": "FF+DD", "seed": "1"})
+    assert len(list((tmp_path / "results" / "ffzero_regression" / "runs").glob("*.json"))) == 1

@@ -10,24 +10,34 @@ def _f3(section, P, results, only=None):
 SECTIONS = {"f3_regression": _f3, "f3_mnist": _f3, "f3_variants": _f3, "f3_depth": _f3, "f3_vit": _f3}
 
 
-def _ffzero(section, P, results, only=None):
-    """Sweep an FFzero section in the background (``python -m repro sweep ffzero_width --only dataset=mnist``)."""
-    from . import ffzero
-    only = dict(only or {})
-    if section == "ffzero_regression":
-        jobs = ffzero.regression_jobs(P)
-    else:
-        datasets = [only.pop("dataset")] if "dataset" in only else P["datasets"]
-        jobs = [j for ds in datasets for j in (ffzero.width_jobs(P, ds) if section == "ffzero_width"
-                                                else ffzero.cnn_jobs(P, ds))]
-    jobs = [j for j in jobs if all(str(j.get(k)) == v for k, v in only.items())]
+PER_DATASET = ("ffzero_width", "ffzero_cnn", "foton_depth", "foton_shallow", "ftp_table", "ftp_quantized")
+
+
+def _jobs_for(section: str, P: dict, datasets: list[str]) -> list[dict]:
+    from . import ffzero, foton, ftp
+    per_dataset = {"ffzero_width": ffzero.width_jobs, "ffzero_cnn": ffzero.cnn_jobs, "foton_depth": foton.depth_jobs,
+                   "foton_shallow": foton.shallow_jobs, "ftp_table": ftp.table_jobs,
+                   "ftp_quantized": ftp.quantized_jobs}
+    if section in PER_DATASET:
+        return [j for ds in datasets for j in per_dataset[section](P, ds)]
+    return {"ffzero_regression": ffzero.regression_jobs, "foton_alignment": foton.alignment_jobs}[section](P)
+
+
+def _sweep(section, P, results, only=None):
+    """Train a section's runs without the notebook, e.g. in the background on a GPU machine
+    (``python -m repro sweep foton_depth --only dataset=mnist``); the stage's notebook then finds them all
+    in the run cache. Per-dataset sections put each dataset's runs in ``results/<section>/<dataset>``."""
     from .common import run_all, store_for
-    by_store = {}
+    only = dict(only or {})
+    datasets = ([only.pop("dataset")] if "dataset" in only else P["datasets"]) if section in PER_DATASET else []
+    jobs = [j for j in _jobs_for(section, P, datasets) if all(str(j.get(k)) == v for k, v in only.items())]
+    by_store: dict[str, list] = {}
     for j in jobs:
-        sub = section if section == "ffzero_regression" else f"{section}/{j['dataset']}"
+        sub = f"{section}/{j['dataset']}" if section in PER_DATASET else section
         by_store.setdefault(sub, []).append(j)
     for sub, js in by_store.items():
         run_all(js, store_for(sub, results), P, desc=sub)
 
 
-SECTIONS.update({"ffzero_width": _ffzero, "ffzero_cnn": _ffzero, "ffzero_regression": _ffzero})
+SECTIONS.update({s: _sweep for s in ("ffzero_width", "ffzero_cnn", "ffzero_regression", "foton_depth", "foton_shallow",
+                                     "foton_alignment", "ftp_table", "ftp_quantized")})
