@@ -294,10 +294,11 @@ class RunStore:
         if not p.is_file():
             for runs, weights in self.shared:
                 if (runs / f"{key}.json").is_file() and (weights / f"{key}.pt").is_file():
-                    shutil.copyfile(weights / f"{key}.pt", self.weights / f".{key}.pt.tmp")
-                    os.replace(self.weights / f".{key}.pt.tmp", self.weights / f"{key}.pt")
-                    shutil.copyfile(runs / f"{key}.json", self.runs / f".{key}.json.tmp")
-                    os.replace(self.runs / f".{key}.json.tmp", p)
+                    tag = f"{os.getpid()}.tmp"  # per process: two sweeps may copy the same run at once
+                    shutil.copyfile(weights / f"{key}.pt", self.weights / f".{key}.pt.{tag}")
+                    os.replace(self.weights / f".{key}.pt.{tag}", self.weights / f"{key}.pt")
+                    shutil.copyfile(runs / f"{key}.json", self.runs / f".{key}.json.{tag}")
+                    os.replace(self.runs / f".{key}.json.{tag}", p)
                     break
             else:
                 return None
