@@ -222,8 +222,12 @@ def regression_predictions(P: dict, dataset: str, paradigm: str = "FF+DD", resul
 
 def plot_predicted_vs_true(pairs: dict):
     """``pairs``: {title: (true, predicted)} → one scatter panel each."""
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.8), squeeze=False)
-    for ax, (title, (t, p)) in zip(axes[0], pairs.items()):
+    ncols = min(2, len(pairs))
+    nrows = -(-len(pairs) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(pairs):]:
+        ax.set_axis_off()
+    for ax, (title, (t, p)) in zip(axes.flat, pairs.items()):
         ax.scatter(t, p, s=3, alpha=0.3)
         ax.plot([-1, 1], [-1, 1], "k--", lw=0.8)
         ax.set_xlabel("true (scaled to [−1, 1])")
