@@ -48,7 +48,11 @@ def depth_jobs(P: dict, dataset: str) -> list[dict]:
 
 def run(P: dict, dataset: str, results: str = "results") -> tuple[pd.DataFrame | None, pd.DataFrame | None, str | None]:
     """(history, finals, None), or (None, None, reason) when the dataset cannot be obtained here."""
-    hist, fin, reason = run_for_dataset(depth_jobs(P, dataset), dataset, "foton_depth", P, results)
+    return _with_acc(*run_for_dataset(depth_jobs(P, dataset), dataset, "foton_depth", P, results))
+
+
+def _with_acc(hist, fin, reason):
+    """Accuracy columns (100 − error) beside every error column; passes a skip reason through."""
     if reason is not None:
         return None, None, reason
     for f in (hist, fin):
@@ -181,13 +185,7 @@ def shallow_jobs(P: dict, dataset: str) -> list[dict]:
 
 
 def run_shallow(P: dict, dataset: str, results: str = "results"):
-    hist, fin, reason = run_for_dataset(shallow_jobs(P, dataset), dataset, "foton_shallow", P, results)
-    if reason is not None:
-        return None, None, reason
-    for f in (hist, fin):
-        for col in [c for c in f.columns if c.endswith("_error")]:
-            f[col.replace("_error", "_acc")] = 100.0 - f[col]
-    return hist, fin, None
+    return _with_acc(*run_for_dataset(shallow_jobs(P, dataset), dataset, "foton_shallow", P, results))
 
 
 def shallow_metrics(fin: pd.DataFrame) -> dict:
