@@ -182,7 +182,7 @@ def plot_vit(fin: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(6, 4))
     order = [a for a in ("BP", "DFA", "DRTP", "F3") if a in set(ok.algorithm)]
     sns.barplot(ok, x="algorithm", y="best_test_acc", order=order, errorbar="sd", ax=ax,
-                palette=[PALETTE.get(a, PALETTE.get("F3-Error")) if a != "F3" else PALETTE["F3-Error"] for a in order])
+                palette=[PALETTE.get(a, PALETTE["F3-Error"]) for a in order])
     ax.axhline(10, color="grey", ls=":", lw=1, label="chance")
     ax.set_ylabel("best test accuracy in the run (%)")
     ax.set_xlabel("")
