@@ -352,6 +352,23 @@ def _steps(cfg: dict) -> int:
     return phases * c["epochs"] * -(-n // c["batch_size"])
 
 
+def _work(cfg: dict) -> float:
+    """Rough cost of a run for scheduling: optimisation steps × forward FLOPs of one sample (0 if unknown)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        c = normalize_config(cfg)
+        e = data_mod.entry(c["dataset"]["name"])
+        with torch.device("meta"):
+            model = build_model(c["model"], e.n_in, e.n_out)
+            x = torch.zeros(2, e.n_in)
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            model(x)
+        return float(_steps(cfg)) * fc.get_total_flops()
+    except Exception:
+        return 0.0
+
+
 def _die_with_parent() -> None:
     """Worker initializer: on Linux, end this worker when the sweep process is killed."""
     try:
@@ -400,8 +417,10 @@ def sweep(configs: list[dict], store: RunStore, device: str = "auto", workers: i
         ctx = mp.get_context("spawn")
         with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with_parent) as pool:
             q = manager.Queue()
+            # longest first, so the last runs left do not keep one worker busy while the others idle
+            order = sorted(todo.values(), key=lambda i: -_work(configs[i]))
             futs = [pool.submit(_worker, (configs[i], str(store.runs), str(store.weights), device,
-                                          threads or 1, q)) for i in todo.values()]
+                                          threads or 1, q)) for i in order]
             while not all(f.done() for f in futs):
                 try:
                     bar.update(q.get(timeout=1.0))

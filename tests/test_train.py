@@ -234,3 +234,13 @@ def test_background_sweep_of_a_section_fills_the_stage_store(tmp_path, mirror, m
     SECTIONS["ffzero_regression"]("ffzero_regression", P, tmp_path / "results",
                                   only={"dataset": "ffzero_function1", "paradigm": "FF+DD", "seed": "1"})
     assert len(list((tmp_path / "results" / "ffzero_regression" / "runs").glob("*.json"))) == 1
+
+
+def test_work_estimate_orders_runs_by_cost():
+    """Parallel sweeps start the costliest runs first; the estimate grows with width, epochs and conv size."""
+    small, wide = cfg(), cfg(model={"width": 64, "depth": 2})
+    assert 0 < T._work(small) < T._work(wide)
+    assert T._work(cfg(epochs=4)) == pytest.approx(2 * T._work(small))
+    conv = lambda c: cfg(model={"arch": "cnn", "cnn": {"channels": [c, c]}})
+    assert T._work(conv(4)) < T._work(conv(16))
+    assert T._work(cfg(dataset={"name": "no_such_set"})) == 0.0  # unknown: scheduled last, never an error
