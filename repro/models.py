@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.grad import conv2d_weight
 
 
 class ConfigError(ValueError):
@@ -234,6 +235,46 @@ class CNN(nn.Module):
 
     def image(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(len(x), *self.in_shape)
+
+    @property
+    def units(self) -> list[nn.Module]:
+        """The weight layers in order: conv blocks, then the FC layers (the last gives the logits)."""
+        return list(self.convs) + list(self.layers)
+
+    def unit_pass(self, h: torch.Tensor, start: int = 0):
+        """Unit-by-unit forward for local rules (FOTON, FTP, PEPITA, direct feedback on CNNs); BatchNorm and
+        dropout are not applied, so those rules require ``bn=false``. From unit ``start`` (``h`` its input:
+        an image map for a conv block, features for an FC layer) to the logits, return every unit's input,
+        pre-activation and output — a conv block's output before pooling."""
+        ins, pres, outs, nc = [], [], [], len(self.convs)
+        for k in range(start, nc):
+            ins.append(h)
+            pres.append(self.convs[k](h))
+            outs.append(self.act.fn(pres[-1]))
+            h = self.pool(outs[-1])
+        h = h.flatten(1)
+        for j in range(max(start - nc, 0), len(self.layers)):
+            ins.append(h)
+            pres.append(self.layers[j](h))
+            h = pres[-1] if j == len(self.layers) - 1 else self.fc_act.fn(pres[-1])
+            outs.append(h)
+        return ins, pres, outs
+
+    def unit_grad(self, k: int, inp: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Unit ``k``'s weight and bias gradients (summed over the batch) for the pre-activation gradient
+        ``d`` given its input ``inp`` — a conv block's in closed form (``conv2d_weight``), no autograd."""
+        u = self.units[k]
+        if k < len(self.convs):
+            gw = conv2d_weight(inp, u.weight.shape, d, stride=u.stride, padding=u.padding)
+            gb = d.sum((0, 2, 3))
+        else:
+            gw, gb = d.t() @ inp, d.sum(0)
+        return gw, (gb if u.bias is not None else None)
+
+    def unit_shapes(self) -> list[tuple[int, ...]]:
+        """Each hidden unit's output shape per sample (conv blocks: before pooling)."""
+        shapes = [(c.out_channels, *hw) for c, hw in zip(self.convs, self.spatial)]
+        return shapes + [(n,) for n in self.sizes[1:-1]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.image(x)

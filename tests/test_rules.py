@@ -302,3 +302,97 @@ def test_blockwise_feedback_equals_its_formula_on_a_vit(name, float64):
     exp = torch.autograd.grad(F.cross_entropy(m.out(h), t.argmax(1)), list(m.out.parameters()))
     for p, ge in zip(m.out.parameters(), exp):
         torch.testing.assert_close(p.grad, ge)
+
+
+def _tiny_cnn(bias=True, fc=(5,), stride=1):
+    from repro.models import build_model
+    torch.manual_seed(2)
+    return build_model({"arch": "cnn", "act": "relu", "loss": "ce",
+                        "cnn": {"channels": [3, 2], "fc": list(fc), "kernel": 3, "padding": 1, "bn": False,
+                                "bias": bias, "stride": stride}}, 784, 10).double()
+
+
+def _cnn_batch(n=5):
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(n, 784, generator=g, dtype=torch.float64)
+    y = torch.nn.functional.one_hot(torch.arange(n) % 10, 10).double()
+    return Batch(torch.arange(n), x, y)
+
+
+def _unit_outputs(model, x, ws):
+    """Conv outputs before pooling and FC outputs, computed from the weights ``ws`` (autograd leaves)."""
+    import torch.nn.functional as F
+    outs, ins, h, nc = [], [], model.image(x), len(model.convs)
+    for k, u in enumerate(model.units):
+        ins.append(h)
+        if k < nc:
+            o = torch.relu(F.conv2d(h.detach(), ws[k], u.bias, stride=u.stride, padding=u.padding))
+            h = F.max_pool2d(o, 2).detach()
+            h = h.flatten(1) if k == nc - 1 else h
+        else:
+            o = h.detach() @ ws[k].t() + (u.bias if u.bias is not None else 0)
+            h = o.detach()
+        outs.append(o)
+    return ins, outs
+
+
+@pytest.mark.parametrize("name", ["dfa", "drtp", "f3"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_direct_feedback_on_a_cnn_equals_its_formula(name, stride):
+    """Unit k (conv block before pooling, or hidden FC layer) gets g_k = e B_k reshaped to its output:
+    its weight update is the gradient of ⟨act(unit(sg(h_in))), sg(g_k)⟩; the output layer's is exact."""
+    model, b = _tiny_cnn(stride=stride), _cnn_batch()
+    E0 = torch.randn(20, 10, dtype=torch.float64)
+    r = setup_rule({"name": name}, model, y_train=E0)
+    r.B = [B.double() for B in r.B]
+    assert [B.shape[1] for B in r.B] == [math.prod(s) for s in model.unit_shapes()]
+    r.step(model, b)
+    ws = [u.weight.detach().clone().requires_grad_(True) for u in model.units]
+    _, outs = _unit_outputs(model, b.x, ws)
+    y = outs[-1]
+    e = {"dfa": b.y - torch.softmax(y, 1), "drtp": b.y, "f3": E0[b.idx]}[name]
+    for k, u in enumerate(model.units[:-1]):
+        g = (e @ r.B[k]).view_as(outs[k])
+        exp = torch.autograd.grad((outs[k] * g.detach()).sum(), ws[k])[0]
+        torch.testing.assert_close(u.weight.grad, exp)
+    ce = torch.nn.functional.cross_entropy(y, b.y.argmax(1))
+    torch.testing.assert_close(model.layers[-1].weight.grad, torch.autograd.grad(ce, ws[-1])[0])
+
+
+def test_pepita_on_a_cnn_equals_its_formula():
+    """Two passes, the second from x̃ = x + e Fᵀ; unit k's update is the gradient of ⟨unit(sg(h̃_in)),
+    sg(h_k − h̃_k)⟩ / B (a conv block: conv2d_weight(h̃_in, h − h̃)), the output's ẽᵀ h̃_in / B."""
+    model, b = _tiny_cnn(bias=False), _cnn_batch()
+    r = setup_rule({"name": "pepita", "keep": 1.0}, model)
+    assert r.F.shape == (784, 10)
+    r.F = r.F.double()
+    r.step(model, b)
+    ws = [u.weight.detach().clone().requires_grad_(True) for u in model.units]
+    _, hs = _unit_outputs(model, b.x, ws)
+    e = torch.softmax(hs[-1], 1) - b.y
+    xm = b.x + e.detach() @ r.F.t()
+    ins, hm = _unit_outputs(model, xm, ws)
+    em = torch.softmax(hm[-1], 1) - b.y
+    B = len(b.x)
+    for k, u in enumerate(model.units):
+        if k == len(model.units) - 1:
+            exp = em.detach().t() @ ins[k] / B
+        else:
+            # the gradient of ⟨unit_pre(sg(h̃_in)), sg(h − h̃)⟩: PEPITA applies no activation derivative
+            pre = (torch.nn.functional.conv2d(ins[k].detach(), ws[k], stride=u.stride, padding=u.padding)
+                   if k < len(model.convs) else ins[k].detach() @ ws[k].t())
+            exp = torch.autograd.grad((pre * (hs[k] - hm[k]).detach()).sum() / B, ws[k])[0]
+        torch.testing.assert_close(u.weight.grad, exp)
+
+
+def test_cnn_feedback_rules_reject_what_they_do_not_implement():
+    from repro.models import ConfigError, build_model
+    bn = build_model({"arch": "cnn", "cnn": {"channels": [2]}}, 784, 10)  # BatchNorm by default
+    for name in ("dfa", "drtp", "f3", "llo", "pepita"):
+        with pytest.raises(ConfigError, match="bn=false"):
+            make_rule({"name": name, **({"keep": 1.0} if name == "pepita" else {})}).setup(bn, 8)
+    plain = build_model({"arch": "cnn", "cnn": {"channels": [2], "bn": False}}, 784, 10)
+    with pytest.raises(ConfigError, match="rule.keep=1"):
+        make_rule({"name": "pepita"}).setup(plain, 8)
+    with pytest.raises(ConfigError, match="MLPs only"):
+        make_rule({"name": "pepita_wm"}).setup(plain, 8)

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..models import check_choice, dloss_dz, loss_value
+from ..models import ConfigError, check_choice, dloss_dz, loss_value
 from .base import Batch, Rule, StepOut, set_grad, signal
 
 FEEDBACK_INITS = ("kaiming_uniform", "trinomial", "binomial", "pm_identity")
@@ -44,9 +44,15 @@ class DirectFeedback(Rule):
     def setup(self, model, n_train):
         dev = model.layers[0].weight.device
         self.blockwise = hasattr(model, "blocks")  # e.g. the ViT: blocks back-propagate internally
+        self.cnn = len(getattr(model, "convs", ())) > 0
         if self.blockwise:
             self.needs_autograd = True  # inside each block only
             n_out, widths = model.n_out, model.block_widths
+        elif self.cnn:  # each conv block's output map before pooling, then the hidden FC layers
+            if model.bn:
+                raise ConfigError(f"rule {self.name!r} on a CNN needs model.cnn.bn=false (its feedback reaches "
+                                  f"each conv output directly; BatchNorm would need back-propagation)")
+            n_out, widths = model.sizes[-1], [math.prod(s) for s in model.unit_shapes()]
         else:
             n_out, widths = model.sizes[-1], model.sizes[1:-1]
         self.B = [feedback_matrix(self.params["feedback_init"], n_out, n, dev) for n in widths]
@@ -82,11 +88,34 @@ class DirectFeedback(Rule):
                     set_grad(p, g)
         return StepOut(loss_value(model.loss, y, batch.y), y)
 
+    def _cnn_step(self, model, batch: Batch) -> StepOut:
+        """CNNs: unit k (a conv block, before pooling, or a hidden FC layer) gets ``e @ B_k`` reshaped to
+        its output; its kernel gradient is the closed-form ``conv2d_weight`` of the local δ."""
+        ins, pres, outs = model.unit_pass(model.image(batch.x))
+        y, nc = outs[-1], len(model.convs)
+        gz = dloss_dz(model.loss, y, batch.y)
+        out = model.layers[-1]
+        set_grad(out.weight, gz.t() @ ins[-1])
+        if out.bias is not None:
+            set_grad(out.bias, gz.sum(0))
+        if self.train_hidden:
+            e = self.feedback(batch, y)
+            for k in range(len(model.units) - 1):
+                act = model.act if k < nc else model.fc_act
+                dz = signal(model, e @ self.B[k]).view_as(outs[k]) * act.grad(pres[k], outs[k])
+                gw, gb = model.unit_grad(k, ins[k], dz)
+                set_grad(model.units[k].weight, gw)
+                if gb is not None:
+                    set_grad(model.units[k].bias, gb)
+        return StepOut(loss_value(model.loss, y, batch.y), y)
+
     @torch.no_grad()
     def step(self, model, batch: Batch) -> StepOut:
         if self.blockwise:
             with torch.enable_grad():
                 return self._block_step(model, batch)
+        if self.cnn:
+            return self._cnn_step(model, batch)
         zs, hs = model.forward_all(batch.x)
         y = hs[-1]
         loss = loss_value(model.loss, y, batch.y)

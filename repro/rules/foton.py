@@ -24,7 +24,6 @@ is scaled by 2 (``pool_scale: 2``, P Pᵀ = I). Dropout is not implemented for c
 from __future__ import annotations
 
 import torch
-from torch.nn.grad import conv2d_weight
 
 from ..models import ConfigError, loss_value
 from .base import Batch, Rule, StepOut, dropout_masks, set_grad
@@ -109,37 +108,16 @@ class FOTON(Rule):
             return y - t
         raise ConfigError(f"rule 'foton' supports model.loss 'ce' or 'mse', not {model.loss!r}")
 
-    @staticmethod
-    def _cnn_pass(model, x):
-        """Inputs and outputs (before pooling) of every weight layer, and the model output."""
-        ins, outs, h = [], [], model.image(x)
-        for conv in model.convs:
-            ins.append(h)
-            outs.append(model.act.fn(conv(h)))
-            h = model.pool(outs[-1])
-        h = h.flatten(1)
-        for i, lin in enumerate(model.layers):
-            ins.append(h)
-            z = lin(h)
-            h = z if i == len(model.layers) - 1 else model.fc_act.fn(z)
-            outs.append(h)
-        return ins, outs
-
     def _cnn_step(self, model, batch: Batch) -> StepOut:
         x, t = batch.x, batch.y
-        B, nc = x.shape[0], len(model.convs)
-        ins, outs = self._cnn_pass(model, x)
+        B = x.shape[0]
+        ins, _, outs = model.unit_pass(model.image(x))
         e = self.error(model, outs[-1], t)
-        _, mods = self._cnn_pass(model, x - e @ self.FF)
-        units = list(model.convs) + list(model.layers)
+        _, _, mods = model.unit_pass(model.image(x - e @ self.FF))
+        units = model.units
         for k, u in enumerate(units):
-            if k == len(units) - 1:
-                set_grad(u.weight, e.t() @ ins[k] / B)
-            elif k < nc:
-                set_grad(u.weight, conv2d_weight(ins[k], u.weight.shape, outs[k] - mods[k], stride=u.stride,
-                                                 padding=u.padding) / B)
-            else:
-                set_grad(u.weight, (outs[k] - mods[k]).t() @ ins[k] / B)
+            d = e if k == len(units) - 1 else outs[k] - mods[k]
+            set_grad(u.weight, model.unit_grad(k, ins[k], d)[0] / B)
         return StepOut(loss_value(model.loss, outs[-1], t), outs[-1], {})
 
     @torch.no_grad()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.nn.grad import conv2d_weight
 
 from ..models import ACTIVATIONS, ConfigError, check_choice, dloss_dz, loss_value, prediction
 from .base import Batch, Rule, StepOut, dropout_masks, set_grad, signal
@@ -82,51 +81,21 @@ class FTP(Rule):
 
     @torch.no_grad()
     def _cnn_step(self, model, batch: Batch) -> StepOut:
-        """Pass 1 keeps every block's input, pre-activation and output (before pooling); τ_1 from G;
-        pass 2 from τ_1 gives each later weight layer's target; closed-form local gradients."""
+        """Pass 1 keeps every unit's input, pre-activation and output (conv blocks: before pooling); τ_1 from
+        G; pass 2 from τ_1 gives each later weight layer's target; closed-form local gradients."""
         B, y, nc = len(batch.x), batch.y, len(model.convs)
-        pool = lambda h, _k: model.pool(h)  # noqa: E731
-        fc_act = model.fc_act
-
-        def run(h, start):  # from block `start` (h = its input) to the output: inputs, pre-acts, outputs
-            ins, pres, outs = [], [], []
-            for k in range(start, nc):
-                ins.append(h)
-                a = model.convs[k](h)
-                pres.append(a)
-                outs.append(model.act.fn(a))
-                h = pool(outs[-1], 2)
-                if k == nc - 1:
-                    h = h.flatten(1)
-            for j, lin in enumerate(model.layers):
-                ins.append(h)
-                a = lin(h)
-                pres.append(a)
-                h = a if j == len(model.layers) - 1 else fc_act.fn(a)
-                outs.append(h)
-            return ins, pres, outs
-
-        ins, pres, outs = run(model.image(batch.x), 0)
+        ins, pres, outs = model.unit_pass(model.image(batch.x))
         yhat = prediction(model.loss, outs[-1])
         tau1 = self.first_target(model, outs[0].flatten(1), yhat, y).view_as(outs[0])
-        h = pool(tau1, 2)
-        taus = [tau1]
-        _, _, touts = run(h if nc > 1 else h.flatten(1), 1)
-        taus += touts  # targets of the later conv blocks and FC layers (last: pass 2's output)
-        n_units = nc + len(model.layers)
+        taus = [tau1] + model.unit_pass(model.pool(tau1), 1)[2]  # later units' targets (last: pass 2's output)
+        n_units = len(model.units)
         for k in range(n_units - 1):  # hidden weight layers: local target losses
-            act = model.act if k < nc else fc_act
+            act = model.act if k < nc else model.fc_act
             d = signal(model, outs[k] - taus[k]) * act.grad(pres[k], outs[k])
-            if k < nc:
-                conv = model.convs[k]
-                set_grad(conv.weight, conv2d_weight(ins[k], conv.weight.shape, d, padding=conv.padding) / B)
-                if conv.bias is not None:
-                    set_grad(conv.bias, d.sum((0, 2, 3)) / B)
-            else:
-                lin = model.layers[k - nc]
-                set_grad(lin.weight, d.t() @ ins[k] / B)
-                if lin.bias is not None:
-                    set_grad(lin.bias, d.sum(0) / B)
+            gw, gb = model.unit_grad(k, ins[k], d)
+            set_grad(model.units[k].weight, gw / B)
+            if gb is not None:
+                set_grad(model.units[k].bias, gb / B)
         out = model.layers[-1]
         t = y if self.params["out_target"] == "label" else prediction(model.loss, taus[-1])
         d = dloss_dz(model.loss, outs[-1], t)

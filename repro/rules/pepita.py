@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..models import loss_value, prediction
+from ..models import ConfigError, loss_value, prediction
 from .base import Batch, Rule, StepOut, dropout_masks, set_grad, signal
 
 
@@ -25,7 +25,12 @@ class PEPITA(Rule):
         return self.F
 
     def setup(self, model, n_train):
-        d0, c = model.sizes[0], model.sizes[-1]
+        self.cnn = len(getattr(model, "convs", ())) > 0
+        if self.cnn:
+            if model.bn or self.params["keep"] < 1.0:
+                raise ConfigError(f"rule {self.name!r} on a CNN needs model.cnn.bn=false and rule.keep=1 "
+                                  f"(its passes skip BatchNorm; dropout is implemented for MLPs only)")
+        d0, c = (math.prod(model.in_shape) if self.cnn else model.sizes[0]), model.sizes[-1]
         a = math.sqrt(6.0 / d0)
         dev = model.layers[0].weight.device
         self.F = (torch.rand(d0, c, device=dev) * 2 * a - a) * self.params["f_scale"]
@@ -37,8 +42,29 @@ class PEPITA(Rule):
     def error(model, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return prediction(model.loss, y) - t
 
+    def _cnn_step(self, model, batch: Batch) -> StepOut:
+        """CNNs: the same two passes unit by unit; a conv block's update is ``conv2d_weight(h̃_in, h − h̃)``
+        on its output before pooling (our reading of PEPITA's conv nets; ftp.md §4.2)."""
+        x, t, B = batch.x, batch.y, batch.x.shape[0]
+        _, _, hs = model.unit_pass(model.image(x))
+        e = signal(model, self.error(model, hs[-1], t))
+        xm = x + self.params["sign"] * (e @ self.feedback().t())
+        ins, _, hm = model.unit_pass(model.image(xm))
+        em = self.error(model, hm[-1], t)
+        units = model.units
+        for k, u in enumerate(units):
+            d = (em if self.params["output_error"] == "modulated" else e) if k == len(units) - 1 \
+                else signal(model, hs[k] - hm[k])
+            gw, gb = model.unit_grad(k, ins[k], d)
+            set_grad(u.weight, gw / B)
+            if gb is not None:
+                set_grad(u.bias, gb / B)
+        return StepOut(loss_value(model.loss, hs[-1], t), hs[-1], {})
+
     @torch.no_grad()
     def step(self, model, batch: Batch) -> StepOut:
+        if self.cnn:
+            return self._cnn_step(model, batch)
         x, t = batch.x, batch.y
         m = self.masks(model, x.shape[0], x.device)
         _, hs = model.forward_all(x, m)

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from ..models import ConfigError
 from .pepita import PEPITA
 
 
@@ -26,6 +27,9 @@ class PEPITAWM(PEPITA):
               "pre_mirror": 2, "mirror": 10, "noise": 0.1}
 
     def setup(self, model, n_train):
+        if len(getattr(model, "convs", ())) > 0:
+            raise ConfigError("rule 'pepita_wm' is implemented for MLPs only; on a CNN use 'pepita'")
+        self.cnn = False
         d0 = model.sizes[0]
         L = len(model.layers)
         self.target_std = math.sqrt(2.0 / d0) * self.params["f_scale"]
