@@ -32,7 +32,8 @@ def table_jobs(P: dict, dataset: str) -> list[dict]:
                          "config": _cfg(P, dataset, rule, bias, seed)})
         C = P.get("cnn")
         for m in (C or {}).get("methods", []):  # the 1-conv CNN of the MAC sheet (ftp.md §4.2): "<method> CNN"
-            rule = {"name": "bp"} if m == "BP" else {"name": "ftp", "gamma": P["gamma"]}
+            rule = {"BP": {"name": "bp"}, "FTP": {"name": "ftp", "gamma": P["gamma"]}, "DRTP": {"name": "drtp"},
+                    "PEPITA": {"name": "pepita", "keep": 1.0}}[m]  # the conv nets train without dropout
             cnn = {"channels": list(C["channels"]), "kernel": C["kernel"], "padding": 0, "bn": False, "bias": False}
             cfg = _cfg(P, dataset, rule, False, seed)
             cfg["model"] = {"arch": "cnn", "act": P["act"], "loss": "ce", "init": "he_uniform", "cnn": cnn}
