@@ -149,3 +149,28 @@ def test_ftp_cnn_rejects_batchnorm_and_dropout():
     m = build_model({"arch": "cnn", "cnn": {"channels": [2], "bn": False}}, 784, 10)
     with pytest.raises(ConfigError, match="rule.keep"):
         make_rule({"name": "ftp", "keep": 0.9}).setup(m, 8)
+
+
+def test_noise_jobs_share_the_clean_run_and_reject_unknown_kinds():
+    """ftp.md §3.2 (H): one non-ideality at a time; the clean point is the plain run of the accuracy table."""
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    from repro.train import run_key
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    P = load_params("ftp_noise", root / "params.smoke.yaml")
+    jobs = F.noise_jobs(P, "mnist")
+    clean = [j for j in jobs if j["value"] in (0.0, 32)]
+    assert clean and all("hardware" not in j["config"] for j in clean)
+    assert len({run_key(j["config"]) for j in clean}) == len(P["methods"])  # one plain run per method
+    hw = {j["kind"]: j["config"]["hardware"] for j in jobs if j["value"] not in (0.0, 32)}
+    assert hw == {"write_noise": {"write_noise": 0.05}, "read_noise": {"read_noise": 0.05},
+                  "adc_bits": {"bits": 4, "activations": True},
+                  "conductance_bits": {"bits": 4, "weights": True, "weight_rounding": "nearest"}}
+    T = {**load_params("ftp_table", root / "params.yaml"), "seeds": [1]}
+    N = {**load_params("ftp_noise", root / "params.yaml"), "seeds": [1]}
+    table_bp = [j for j in F.table_jobs(T, "mnist") if j["method"] == "BP"][0]["config"]
+    noise_bp = [j for j in F.noise_jobs(N, "mnist") if j["method"] == "BP" and j["value"] == 0.0][0]["config"]
+    assert run_key(table_bp) == run_key(noise_bp)  # paper scale: the clean runs are the table's
+    with pytest.raises(ConfigError, match="unknown kind"):
+        F.noise_jobs({**P, "noise": {"thermal": [0.1]}}, "mnist")

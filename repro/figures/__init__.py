@@ -10,14 +10,15 @@ def _f3(section, P, results, only=None):
 SECTIONS = {"f3_regression": _f3, "f3_mnist": _f3, "f3_variants": _f3, "f3_depth": _f3, "f3_vit": _f3}
 
 
-PER_DATASET = ("ffzero_width", "ffzero_cnn", "foton_depth", "foton_shallow", "ftp_table", "ftp_quantized")
+PER_DATASET = ("ffzero_width", "ffzero_cnn", "foton_depth", "foton_shallow", "ftp_table", "ftp_quantized",
+               "ftp_noise")
 
 
 def _jobs_for(section: str, P: dict, datasets: list[str]) -> list[dict]:
     from . import ffzero, foton, ftp
     per_dataset = {"ffzero_width": ffzero.width_jobs, "ffzero_cnn": ffzero.cnn_jobs, "foton_depth": foton.depth_jobs,
                    "foton_shallow": foton.shallow_jobs, "ftp_table": ftp.table_jobs,
-                   "ftp_quantized": ftp.quantized_jobs}
+                   "ftp_quantized": ftp.quantized_jobs, "ftp_noise": ftp.noise_jobs}
     if section in PER_DATASET:
         return [j for ds in datasets for j in per_dataset[section](P, ds)]
     return {"ffzero_regression": ffzero.regression_jobs, "foton_alignment": foton.alignment_jobs}[section](P)
@@ -40,4 +41,4 @@ def _sweep(section, P, results, only=None):
 
 
 SECTIONS.update({s: _sweep for s in ("ffzero_width", "ffzero_cnn", "ffzero_regression", "foton_depth", "foton_shallow",
-                                     "foton_alignment", "ftp_table", "ftp_quantized")})
+                                     "foton_alignment", "ftp_table", "ftp_quantized", "ftp_noise")})

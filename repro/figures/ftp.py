@@ -20,10 +20,15 @@ def _cfg(P: dict, dataset: str, rule: dict, bias: bool, seed: int) -> dict:
             "epochs": P["epochs"], "batch_size": P["batch_size"], "seed": seed}
 
 
+def _fc_rules(P: dict) -> dict[str, tuple[dict, bool]]:
+    """Each FC method's rule config and whether its net has biases (PEPITA's nets have none)."""
+    return {"BP": ({"name": "bp"}, True), "DRTP": ({"name": "drtp"}, True),
+            "PEPITA": ({"name": "pepita", "keep": P["keep"]}, False),
+            "FTP": ({"name": "ftp", "gamma": P["gamma"], "keep": P["keep"]}, True)}
+
+
 def table_jobs(P: dict, dataset: str) -> list[dict]:
-    rules = {"BP": ({"name": "bp"}, True), "DRTP": ({"name": "drtp"}, True),
-             "PEPITA": ({"name": "pepita", "keep": P["keep"]}, False),  # PEPITA's nets have no biases
-             "FTP": ({"name": "ftp", "gamma": P["gamma"], "keep": P["keep"]}, True)}
+    rules = _fc_rules(P)
     jobs = []
     for seed in P["seeds"]:
         for m in P["methods"]:
@@ -104,9 +109,7 @@ LEVELS = {"weights": {"weights": True},
 def quantized_jobs(P: dict, dataset: str) -> list[dict]:
     """ftp.md §3.2 protocol: the same nets and training for every method; bit widths swept; three
     ablation levels (weights; + activations; + learning signals); 32 bits = float for all levels."""
-    rules = {"BP": ({"name": "bp"}, True), "DRTP": ({"name": "drtp"}, True),
-             "PEPITA": ({"name": "pepita", "keep": P["keep"]}, False),
-             "FTP": ({"name": "ftp", "gamma": P["gamma"], "keep": P["keep"]}, True)}
+    rules = _fc_rules(P)
     jobs = []
     for seed in P["seeds"]:
         for level in P["levels"]:
@@ -158,3 +161,82 @@ def plot_quantized(fin: pd.DataFrame, dataset: str):
     g.set_axis_labels("bits (32 = float)", "final test accuracy (%)")
     g.figure.suptitle(f"FTP vs BP under quantisation, {dataset} (mean ± std over seeds)", y=1.03)
     return g.figure
+
+
+# ftp.md §3.2 (H): one analog non-ideality at a time, float otherwise; the clean value is the plain run.
+NOISE_KINDS = {
+    "write_noise": ("H1 write noise κ (× max|W|, per update)", lambda v: {"write_noise": v}, 0.0),
+    "read_noise": ("H2 read noise ρ (per forward pass)", lambda v: {"read_noise": v}, 0.0),
+    "adc_bits": ("H3 ADC bits (activations)", lambda v: {"bits": v, "activations": True}, 32),
+    "conductance_bits": ("H4 conductance bits (weights)",
+                         lambda v: {"bits": v, "weights": True, "weight_rounding": "nearest"}, 32),
+}
+
+
+def noise_jobs(P: dict, dataset: str) -> list[dict]:
+    """Each kind of ``P['noise']`` swept over its values for every method (FC net, PEPITA's training)."""
+    rules, jobs = _fc_rules(P), []
+    bad = set(P["noise"]) - set(NOISE_KINDS)
+    if bad:
+        from ..models import ConfigError
+        raise ConfigError(f"ftp_noise.noise: unknown kind(s) {sorted(bad)}; allowed: {sorted(NOISE_KINDS)}")
+    for seed in P["seeds"]:
+        for kind, values in P["noise"].items():
+            _, hw, clean = NOISE_KINDS[kind]
+            for v in values:
+                for m in P["methods"]:
+                    rule, bias = rules[m]
+                    cfg = _cfg(P, dataset, rule, bias, seed)
+                    if v != clean:
+                        cfg["hardware"] = hw(v)
+                    jobs.append({"dataset": dataset, "method": m, "kind": kind, "value": v, "seed": seed,
+                                 "config": cfg})
+    return jobs
+
+
+def run_noise(P: dict, dataset: str, results: str = "results"):
+    hist, fin, reason = run_for_dataset(noise_jobs(P, dataset), dataset, "ftp_noise", P, results)
+    if reason is None:
+        fin["final_test_acc"] = 100.0 - fin["final_test_error"]
+    return hist, fin, reason
+
+
+def noise_metrics(fin: pd.DataFrame) -> dict:
+    """Mean final accuracy per kind, method and value; per kind, each method's drop from its clean run to
+    the harshest setting, and whether FTP's is smaller than BP's (ftp.md §5 item 2's claim)."""
+    ok, f = fin[fin.status == "ok"], (lambda v: f"{float(v):g}")  # 32 and 32.0 alike
+    acc = {k: {m: {f(v): float(g[g.value == v].final_test_acc.mean()) for v in sorted(set(g.value))}
+               for m, g in d.groupby("method")} for k, d in ok.groupby("kind")}
+    out: dict = {"final_test_acc": acc, "diverged": {k: int((d.status != "ok").sum()) for k, d in fin.groupby("kind")},
+                 "drop_at_harshest": {}}
+    for kind, per in acc.items():
+        clean = NOISE_KINDS[kind][2]
+        values = sorted(set(fin[fin.kind == kind].value))
+        harsh = values[-1] if clean == 0.0 else values[0]  # largest noise, or fewest bits
+        drops = {m: a[f(clean)] - a.get(f(harsh), float("nan")) for m, a in per.items() if f(clean) in a}
+        out["drop_at_harshest"][kind] = {"value": harsh, **drops}
+        if "FTP" in drops and "BP" in drops and harsh != clean:
+            out[f"ftp_more_robust_{kind}"] = bool(drops["FTP"] < drops["BP"])
+    return out
+
+
+def plot_noise(fin: pd.DataFrame, dataset: str):
+    d = fin.copy()
+    d.loc[d.status != "ok", "final_test_acc"] = float("nan")
+    kinds = [k for k in NOISE_KINDS if k in set(d.kind)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.8 * len(kinds), 3.4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        sub = d[d.kind == kind]
+        sns.lineplot(sub, x="value", y="final_test_acc", hue="method", marker="o", errorbar="sd", ax=ax,
+                     legend=ax is axes[0][0])
+        if NOISE_KINDS[kind][2] == 32:  # bit widths: fewer bits to the right
+            ticks = sorted(set(sub.value))
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.invert_xaxis()
+        ax.set_title(NOISE_KINDS[kind][0], fontsize=10)
+        ax.set_xlabel(kind)
+        ax.set_ylabel("final test accuracy (%)" if ax is axes[0][0] else "")
+    fig.suptitle(f"FTP vs BP under analog non-idealities, {dataset} (mean ± std over seeds)", y=1.02)
+    fig.tight_layout()
+    return fig
