@@ -107,7 +107,8 @@ def metrics(fin: pd.DataFrame) -> dict:
     return out
 
 
-def plot_width(fin: pd.DataFrame, dataset: str, arch: str = "mlp"):
+def plot_width(fin: pd.DataFrame, dataset: str, arch: str = "mlp", P: dict | None = None):
+    """``P`` (the section's parameters), when given, puts the epochs and seeds that ran in the title."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ok = fin[fin.status == "ok"]
     for p, g in ok.groupby("paradigm"):
@@ -125,6 +126,9 @@ def plot_width(fin: pd.DataFrame, dataset: str, arch: str = "mlp"):
     else:
         ax.set_xlabel("channels per conv layer c (total parameters)")
         ax.set_title(f"FFzero channel sweep, {dataset}, CNN 2×[conv6-BN-ReLU-pool]-FC")
+    if P is not None:
+        ax.set_title(ax.get_title() + f"\n{P['epochs']} epochs per layer (FF) / in all (BP); "
+                     f"{len(P['seeds'])} seed(s); spec: 100 per layer, 3 seeds", fontsize=10)
     ax.set_ylabel("test accuracy (%), median and IQR")
     ax.axhline(10, color="grey", lw=0.8, ls=":")
     ax.legend(fontsize=8)
