@@ -54,12 +54,17 @@ def table_jobs(P: dict, dataset: str) -> list[dict]:
     return jobs
 
 
-def run(P: dict, dataset: str, results: str = "results"):
-    hist, fin, reason = run_for_dataset(table_jobs(P, dataset), dataset, "ftp_table", P, results)
+def _run(jobs: list[dict], dataset: str, section: str, P: dict, results: str):
+    """Train what is not cached; accuracies (%) beside the errors."""
+    hist, fin, reason = run_for_dataset(jobs, dataset, section, P, results)
     if reason is None:
         fin["final_test_acc"] = 100.0 - fin["final_test_error"]
         fin["best_test_acc"] = 100.0 - fin["best_test_error"]
     return hist, fin, reason
+
+
+def run(P: dict, dataset: str, results: str = "results"):
+    return _run(table_jobs(P, dataset), dataset, "ftp_table", P, results)
 
 
 def metrics(fin: pd.DataFrame, P: dict) -> dict:
@@ -125,10 +130,7 @@ def quantized_jobs(P: dict, dataset: str) -> list[dict]:
 
 
 def run_quantized(P: dict, dataset: str, results: str = "results"):
-    hist, fin, reason = run_for_dataset(quantized_jobs(P, dataset), dataset, "ftp_quantized", P, results)
-    if reason is None:
-        fin["final_test_acc"] = 100.0 - fin["final_test_error"]
-    return hist, fin, reason
+    return _run(quantized_jobs(P, dataset), dataset, "ftp_quantized", P, results)
 
 
 def quantized_metrics(fin: pd.DataFrame) -> dict:
@@ -195,10 +197,7 @@ def noise_jobs(P: dict, dataset: str) -> list[dict]:
 
 
 def run_noise(P: dict, dataset: str, results: str = "results"):
-    hist, fin, reason = run_for_dataset(noise_jobs(P, dataset), dataset, "ftp_noise", P, results)
-    if reason is None:
-        fin["final_test_acc"] = 100.0 - fin["final_test_error"]
-    return hist, fin, reason
+    return _run(noise_jobs(P, dataset), dataset, "ftp_noise", P, results)
 
 
 def noise_metrics(fin: pd.DataFrame) -> dict:
