@@ -378,3 +378,38 @@ def test_out_width_is_only_for_rules_with_their_own_readout():
     cfg["rule"] = {"name": "ff", "estimator": "dd"}
     r = train(cfg, device="cpu", data=d)
     assert r.record["status"] == "ok" and len(r.record["history"][-1]["test_layer_r2"]) == 2
+
+
+@pytest.mark.parametrize("arch", ["cnn", "mlp", "regression"])
+def test_full_set_passes_in_chunks_equal_one_pass(arch, monkeypatch, float64):
+    """Caching layer inputs and evaluating go through the set in memory-bounded chunks; the cached inputs,
+    predictions, per-layer errors, losses and R² equal those of one pass over the whole set."""
+    from repro.models import build_model
+    from repro.rules import make_rule
+    from repro.rules import ffzero as FZ
+    torch.manual_seed(0)
+    if arch == "cnn":
+        model = build_model({"arch": "cnn", "act": "relu", "loss": "ce", "cnn": {"channels": [3, 2]}}, 784, 10)
+    else:
+        model = build_model({"width": 16, "depth": 2, "act": "identity",
+                             "loss": "mse" if arch == "regression" else "ce"}, 784, 1 if arch == "regression" else 10)
+    model = model.double().eval()
+    rule = make_rule({"name": "ff", "estimator": "dd"})
+    rule.setup(model, 50)
+    rule.P = [p.double() for p in rule.P]
+    if arch == "cnn":
+        rule.R, rule.Pc = [r.double() for r in rule.R], [p.double() for p in rule.Pc]
+    rule.k = 1
+    x = torch.rand(50, 784, dtype=torch.float64)
+    lab = torch.arange(50) % 10
+    y = (torch.rand(50, 1, dtype=torch.float64) * 2 - 1) if arch == "regression" else \
+        torch.nn.functional.one_hot(lab, 10).double()
+    labels = None if arch == "regression" else lab
+    whole = rule.evaluate(model, x, y, labels), rule.features(model, x, 2)
+    monkeypatch.setattr(FZ, "CHUNK_ELEMS", 7 * max(784, 3 * 27 * 27))  # 7 rows a chunk
+    assert rule.chunk_rows(model) == 7 or arch != "cnn"
+    monkeypatch.setattr(rule, "chunk_rows", lambda m: 7)
+    parts = rule.evaluate(model, x, y, labels), rule.features(model, x, 2)
+    torch.testing.assert_close(parts[1], whole[1])
+    for k, v in whole[0].items():
+        assert parts[0][k] == pytest.approx(v, rel=1e-12), k

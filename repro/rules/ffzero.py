@@ -3,6 +3,8 @@ goodness on cosine similarities, and the layer-vote prediction. The greedy layer
 (FF+AD, FF+DD) build on these (issue #4)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -30,6 +32,9 @@ def antipodal_prototype(d: int, generator: torch.Generator | None = None) -> tor
     """Regression: one random unit vector p; +p encodes y = +1 and −p encodes y = −1."""
     p = torch.randn(d, generator=generator)
     return p / p.norm()
+
+
+CHUNK_ELEMS = 2 ** 26  # floats per chunk of a full-set pass (256 MB in float32)
 
 
 def similarities(z: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
@@ -153,16 +158,29 @@ class FF(Rule):
         act = model.act if nc == 0 else model.fc_act
         return act.fn(model.layers[k - nc](h))
 
+    def chunk_rows(self, model) -> int:
+        """Rows per chunk when a whole set goes through the net (caching, evaluation): the largest unit
+        output stays under ``CHUNK_ELEMS`` floats (an MLP takes MNIST in one chunk; a c = 64 CNN's conv
+        maps for 60k images would need 11 GB at once)."""
+        per_row = max([int(math.prod(getattr(model, "in_shape", (model.sizes[0],))))] +
+                      [c.out_channels * h * w for c, (h, w) in zip(getattr(model, "convs", ()),
+                                                                   getattr(model, "spatial", ()))] +
+                      [lin.out_features for lin in model.layers])
+        return max(1, CHUNK_ELEMS // per_row)
+
     @torch.no_grad()
     def features(self, model, x: torch.Tensor, upto: int) -> torch.Tensor:
         """What unit ``upto`` receives: the outputs of the (frozen) units below, BatchNorm in eval mode."""
         was = model.training
         model.eval()
-        h = model.image(x) if self.n_conv(model) else x
-        for k in range(upto):
-            h = self.unit_next(model, k, h)
+        outs, rows = [], self.chunk_rows(model)
+        for s in range(0, len(x), rows):
+            h = model.image(x[s:s + rows]) if self.n_conv(model) else x[s:s + rows]
+            for k in range(upto):
+                h = self.unit_next(model, k, h)
+            outs.append(h)
         model.train(was)
-        return h
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def begin_phase(self, model, phase, data):
         self.k = phase
@@ -270,38 +288,41 @@ class FF(Rule):
     @torch.no_grad()
     def evaluate(self, model, x, y, labels) -> dict:
         """Classification: vote error over all layers (the headline), per-layer errors, and the current
-        layer's loss. Regression: the last layer's MSE (the loss), per-layer R² (no vote)."""
-        nc = self.n_conv(model)
-        h = model.image(x) if nc else x
-        preds, loss = [], 0.0
-        t = y[:, 0] if self.regression else labels
-        layer_r2 = []
-        for k in range(nc + len(model.layers)):
-            if k < nc:
-                a = model.conv_pre(k, h)
-                preds.append(self.conv_sims(a, k).sum(1).argmax(1))
-                if k == self.k:
-                    loss = float(self.conv_losses(a, labels, k).sum()) / len(x)
-                h = model.conv_out(k, a)
-                if k == nc - 1:
-                    h = h.flatten(1)
-                continue
-            z = model.layers[k - nc](h)
-            s = similarities(z, self.P[k - nc])
-            if self.regression:
-                mse = float(regression_loss(s, t))
-                layer_r2.append(1.0 - mse / float(t.var(unbiased=False)))
-                loss = mse  # the last layer's, after the loop
-            else:
-                preds.append(s.argmax(1))
-                if k == self.k:
-                    loss = float(hinge_goodness_loss(s, labels, self.params["margin"])) / len(x)
-            h = (model.act if nc == 0 else model.fc_act).fn(z)
+        layer's loss. Regression: the last layer's MSE (the loss), per-layer R² (no vote). In chunks
+        (:meth:`chunk_rows`); the losses are sums over samples, so chunking does not change them."""
+        nc, n_fc = self.n_conv(model), len(model.layers)
+        t_all = y[:, 0] if self.regression else labels
+        preds, loss, sq = [[] for _ in range(nc + n_fc)], 0.0, [0.0] * n_fc
+        rows = self.chunk_rows(model)
+        for s0 in range(0, len(x), rows):
+            xs, ts = x[s0:s0 + rows], t_all[s0:s0 + rows]
+            h = model.image(xs) if nc else xs
+            for k in range(nc + n_fc):
+                if k < nc:
+                    a = model.conv_pre(k, h)
+                    preds[k].append(self.conv_sims(a, k).sum(1).argmax(1))
+                    if k == self.k and not self.regression:
+                        loss += float(self.conv_losses(a, ts, k).sum())
+                    h = model.conv_out(k, a)
+                    if k == nc - 1:
+                        h = h.flatten(1)
+                    continue
+                z = model.layers[k - nc](h)
+                sim = similarities(z, self.P[k - nc])
+                if self.regression:
+                    sq[k - nc] += float(regression_loss(sim, ts)) * (len(xs) / len(x))  # ×1.0 in one chunk
+                else:
+                    preds[k].append(sim.argmax(1))
+                    if k == self.k:
+                        loss += float(hinge_goodness_loss(sim, ts, self.params["margin"]))
+                h = (model.act if nc == 0 else model.fc_act).fn(z)
         if self.regression:
-            return {"loss": loss, "layer_r2": layer_r2}
+            var = float(t_all.var(unbiased=False))
+            return {"loss": sq[-1], "layer_r2": [1.0 - m / var for m in sq]}
+        preds = [torch.cat(p) for p in preds]
         vote = layer_vote(preds, self.P[-1].shape[0])
         errs = [100.0 * float((p != labels).float().mean()) for p in preds]
-        return {"loss": loss, "error": 100.0 * float((vote != labels).float().mean()), "layer_errors": errs}
+        return {"loss": loss / len(x), "error": 100.0 * float((vote != labels).float().mean()), "layer_errors": errs}
 
 
 class BPDD(Rule):
