@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from .models import ConfigError, build_model, check_choice, loss_value
+from .models import CNN_DEFAULTS, ConfigError, build_model, check_choice, loss_value
 from .rules import Batch, make_rule
 
 CACHE_VERSION = 1  # bump when a change alters what a given config computes
@@ -347,7 +347,14 @@ def run_cached(cfg: dict, store: RunStore, device: str = "auto", progress=None) 
 def _steps(cfg: dict) -> int:
     c = normalize_config(cfg)
     d = c["dataset"]
-    phases = c["model"]["depth"] + 1 if c["rule"].get("name") in LAYERWISE_RULES else 1
+    m = c["model"]
+    if c["rule"].get("name") not in LAYERWISE_RULES:
+        phases = 1
+    elif m.get("arch") == "cnn":  # conv blocks, hidden FC layers, output layer
+        cnn = {**CNN_DEFAULTS, **(m.get("cnn") or {})}
+        phases = len(cnn["channels"]) + len(cnn["fc"]) + 1
+    else:
+        phases = len(m["widths"]) + 1 if m.get("widths") else m["depth"] + 1
     n = d["n_train"] or data_mod.entry(d["name"]).n_train
     return phases * c["epochs"] * -(-n // c["batch_size"])
 

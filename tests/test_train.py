@@ -244,3 +244,13 @@ def test_work_estimate_orders_runs_by_cost():
     conv = lambda c: cfg(model={"arch": "cnn", "cnn": {"channels": [c, c]}})
     assert T._work(conv(4)) < T._work(conv(16))
     assert T._work(cfg(dataset={"name": "no_such_set"})) == 0.0  # unknown: scheduled last, never an error
+
+
+def test_progress_counts_every_phase_of_layerwise_rules():
+    """FF trains each weight layer for `epochs`: an MLP has depth + 1 phases, a CNN convs + fc + 1."""
+    ff = {"name": "ff"}
+    base = cfg(rule=ff, dataset={"name": "mnist", "n_train": 64, "n_test": 32}, batch_size=16, epochs=2)
+    assert T._steps(base) == 3 * 2 * 4  # width 8, depth 2 → 3 layers
+    assert T._steps({**base, "model": {"widths": [8, 8, 8]}}) == 4 * 2 * 4
+    assert T._steps({**base, "model": {"arch": "cnn", "cnn": {"channels": [2, 2], "fc": [5]}}}) == 4 * 2 * 4
+    assert T._steps(cfg(dataset={"name": "mnist", "n_train": 64, "n_test": 32}, batch_size=16)) == 2 * 4

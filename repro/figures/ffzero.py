@@ -137,7 +137,7 @@ def plot_width(fin: pd.DataFrame, dataset: str, arch: str = "mlp", P: dict | Non
         ax.set_xlabel("channels per conv layer c (total parameters)")
         ax.set_title(f"FFzero channel sweep, {dataset}, CNN 2×[conv6-BN-ReLU-pool]-FC")
     if P is not None:
-        ax.set_title(ax.get_title() + f"\n{P['epochs']} epochs per layer (FF) / in all (BP); "
+        ax.set_title(ax.get_title() + f"\n{P['epochs']} epoch{'s' * (P['epochs'] != 1)} per layer (FF) / in all (BP); "
                      f"{len(P['seeds'])} seed(s); spec: 100 per layer, 3 seeds", fontsize=10)
     ax.set_ylabel("test accuracy (%), median and IQR")
     ax.axhline(10, color="grey", lw=0.8, ls=":")
