@@ -27,14 +27,19 @@ def _fc_rules(P: dict) -> dict[str, tuple[dict, bool]]:
             "FTP": ({"name": "ftp", "gamma": P["gamma"], "keep": P["keep"]}, True)}
 
 
+def _fc_job(P: dict, dataset: str, m: str, seed: int, hardware: dict | None = None, **meta) -> dict:
+    """One FC run of method ``m`` (PEPITA's training), optionally on a hardware model."""
+    rule, bias = _fc_rules(P)[m]
+    cfg = _cfg(P, dataset, rule, bias, seed)
+    if hardware:
+        cfg["hardware"] = hardware
+    return {"dataset": dataset, "method": m, **meta, "seed": seed, "config": cfg}
+
+
 def table_jobs(P: dict, dataset: str) -> list[dict]:
-    rules = _fc_rules(P)
     jobs = []
     for seed in P["seeds"]:
-        for m in P["methods"]:
-            rule, bias = rules[m]
-            jobs.append({"dataset": dataset, "method": m, "gamma": P["gamma"] if m == "FTP" else None, "seed": seed,
-                         "config": _cfg(P, dataset, rule, bias, seed)})
+        jobs += [_fc_job(P, dataset, m, seed, gamma=P["gamma"] if m == "FTP" else None) for m in P["methods"]]
         C = P.get("cnn")
         for m in (C or {}).get("methods", []):  # the 1-conv CNN of the MAC sheet (ftp.md §4.2): "<method> CNN"
             rule = {"BP": {"name": "bp"}, "FTP": {"name": "ftp", "gamma": P["gamma"]}, "DRTP": {"name": "drtp"},
@@ -114,19 +119,10 @@ LEVELS = {"weights": {"weights": True},
 def quantized_jobs(P: dict, dataset: str) -> list[dict]:
     """ftp.md §3.2 protocol: the same nets and training for every method; bit widths swept; three
     ablation levels (weights; + activations; + learning signals); 32 bits = float for all levels."""
-    rules = _fc_rules(P)
-    jobs = []
-    for seed in P["seeds"]:
-        for level in P["levels"]:
-            for bits in P["bits"]:
-                for m in P["methods"]:
-                    rule, bias = rules[m]
-                    cfg = _cfg(P, dataset, rule, bias, seed)
-                    if bits < 32:
-                        cfg["hardware"] = {"bits": bits, **LEVELS[level], "weight_rounding": P["weight_rounding"]}
-                    jobs.append({"dataset": dataset, "method": m, "bits": bits, "level": level, "seed": seed,
-                                 "config": cfg})
-    return jobs
+    return [_fc_job(P, dataset, m, seed, bits=bits, level=level,
+                    hardware={"bits": bits, **LEVELS[level], "weight_rounding": P["weight_rounding"]}
+                    if bits < 32 else None)
+            for seed in P["seeds"] for level in P["levels"] for bits in P["bits"] for m in P["methods"]]
 
 
 def run_quantized(P: dict, dataset: str, results: str = "results"):
@@ -177,23 +173,13 @@ NOISE_KINDS = {
 
 def noise_jobs(P: dict, dataset: str) -> list[dict]:
     """Each kind of ``P['noise']`` swept over its values for every method (FC net, PEPITA's training)."""
-    rules, jobs = _fc_rules(P), []
     bad = set(P["noise"]) - set(NOISE_KINDS)
     if bad:
         from ..models import ConfigError
         raise ConfigError(f"ftp_noise.noise: unknown kind(s) {sorted(bad)}; allowed: {sorted(NOISE_KINDS)}")
-    for seed in P["seeds"]:
-        for kind, values in P["noise"].items():
-            _, hw, clean = NOISE_KINDS[kind]
-            for v in values:
-                for m in P["methods"]:
-                    rule, bias = rules[m]
-                    cfg = _cfg(P, dataset, rule, bias, seed)
-                    if v != clean:
-                        cfg["hardware"] = hw(v)
-                    jobs.append({"dataset": dataset, "method": m, "kind": kind, "value": v, "seed": seed,
-                                 "config": cfg})
-    return jobs
+    return [_fc_job(P, dataset, m, seed, kind=kind, value=v,
+                    hardware=NOISE_KINDS[kind][1](v) if v != NOISE_KINDS[kind][2] else None)
+            for seed in P["seeds"] for kind, values in P["noise"].items() for v in values for m in P["methods"]]
 
 
 def run_noise(P: dict, dataset: str, results: str = "results"):
