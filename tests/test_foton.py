@@ -235,3 +235,24 @@ def test_conv_bjorck_keeps_kernels_row_orthonormal_and_cnn_config_errors():
     plain = build_model({"arch": "cnn", "bias": False, "cnn": {"channels": [2], "bias": False, "bn": False}}, 784, 10)
     with pytest.raises(ConfigError, match="rule.keep=1"):
         make_rule({"name": "foton"}).setup(plain, 10)
+
+
+def test_frequency_check_deepest_depth_with_margin_and_divergence():
+    import pandas as pd
+    from repro.figures import foton as ff
+
+    def fin(rows):
+        return pd.DataFrame([{"method": m, "layers": L, "status": s, "final_test_acc": a, "best_test_acc": a}
+                             for m, L, s, a in rows])
+
+    base = [("FOTON o=1 ff=1", 2, "ok", 50.0), ("FOTON o=100 ff=100", 2, "ok", 99.0), ("BP", 50, "ok", 99.0)]
+    ok = ff.metrics(fin(base + [("FOTON o=1 ff=1", 50, "ok", 90.0), ("FOTON o=10 ff=10", 50, "ok", 90.9),
+                                ("FOTON o=1 ff=0", 50, "ok", 80.0)]))
+    assert ok["frequency_check"]["depth"] == 50 and ok["frequency_check"]["most_frequent"] == "FOTON o=1 ff=1"
+    assert ok["frequent_not_worse_at_depth"] is True  # shallow depths do not count; 0.9 < margin
+    worse = ff.metrics(fin(base + [("FOTON o=1 ff=1", 50, "ok", 90.0), ("FOTON o=100 ff=100", 50, "ok", 91.5)]))
+    assert worse["frequent_not_worse_at_depth"] is False
+    div = ff.metrics(fin(base + [("FOTON o=1 ff=1", 50, "diverged", float("nan")),
+                                 ("FOTON o=100 ff=100", 50, "ok", 30.0)]))
+    assert div["frequent_not_worse_at_depth"] is False  # diverged counts at chance
+    assert "frequent_not_worse_at_depth" not in ff.metrics(fin([("BP", 50, "ok", 99.0)]))

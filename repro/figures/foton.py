@@ -69,7 +69,36 @@ def metrics(fin: pd.DataFrame) -> dict:
         out["best_test_acc"].setdefault(m, {})[str(L)] = float(g.best_test_acc.mean())
     for (m, L), g in fin.groupby(["method", "layers"]):
         out["diverged"].setdefault(m, {})[str(L)] = int((g.status == "diverged").sum())
+    out.update(frequency_check(fin))
     return out
+
+
+FREQ_MARGIN = 1.0  # points; our allowance for seed noise, fixed before any depth run (claims.yaml)
+
+
+def frequency_check(fin: pd.DataFrame) -> dict:
+    """Issue #3's qualitative claim "more frequent orthogonalisation / 𝔽 refresh does not hurt accuracy at
+    depth": at the deepest depth, FOTON with the most frequent setting (smallest ortho_every, 𝔽 refreshed
+    most often; 0 = never counts as least often) is within ``FREQ_MARGIN`` points of, or above, every less
+    frequent setting. A diverged run counts at chance (10 %) — divergence is a hurt."""
+    f = fin[fin.method.str.startswith("FOTON o=")].copy()
+    if f.empty:
+        return {}
+    f["acc"] = np.where(f.status == "ok", f.final_test_acc, 10.0)
+    deep = int(f.layers.max())
+    d = f[f.layers == deep].groupby("method").acc.mean()
+
+    def rarity(m):  # "FOTON o=1 ff=0" → (1, inf): sort by how often each is done
+        o, ff = (int(t.split("=")[1]) for t in m.split()[1:3])
+        return (o, float("inf") if ff == 0 else ff)
+
+    ms = sorted(d.index, key=rarity)
+    if len(ms) < 2:
+        return {}
+    most = ms[0]
+    return {"frequency_check": {"depth": deep, "most_frequent": most, "acc": {m: float(d[m]) for m in ms},
+                                "margin": FREQ_MARGIN},
+            "frequent_not_worse_at_depth": bool(all(d[most] >= d[m] - FREQ_MARGIN for m in ms[1:]))}
 
 
 def plot_depth(fin: pd.DataFrame, dataset: str):
