@@ -101,7 +101,14 @@ def frequency_check(fin: pd.DataFrame) -> dict:
             "frequent_not_worse_at_depth": bool(all(d[most] >= d[m] - FREQ_MARGIN for m in ms[1:]))}
 
 
-def plot_depth(fin: pd.DataFrame, dataset: str):
+def _budget(P: dict | None, spec: str) -> str:
+    if P is None:
+        return ""
+    e, n = P["epochs"], len(P["seeds"])
+    return f"\n{e} epoch{'s' * (e != 1)}, {n} seed{'s' * (n != 1)} (spec: {spec})"
+
+
+def plot_depth(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     d = fin.copy()
     d.loc[d.status != "ok", "final_test_acc"] = float("nan")
@@ -113,7 +120,8 @@ def plot_depth(fin: pd.DataFrame, dataset: str):
     ax.set_xticks(sorted(set(d.layers)), [str(x) for x in sorted(set(d.layers))])
     ax.set_xlabel("weight layers")
     ax.set_ylabel("final test accuracy (%)")
-    ax.set_title(f"FOTON depth scaling, {dataset} (diverged runs omitted)")
+    ax.set_title(f"FOTON depth scaling, {dataset} (diverged runs omitted)" + _budget(P, "100 epochs, 3 seeds"),
+                 fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -170,11 +178,12 @@ def alignment_metrics(hist: pd.DataFrame) -> dict:
     return m
 
 
-def plot_alignment(hist: pd.DataFrame):
+def plot_alignment(hist: pd.DataFrame, P: dict | None = None):
     g = sns.relplot(hist, x="epoch", y="cos_hidden", hue="method", col="act", row="layers", kind="line",
                     errorbar=("pi", 100), height=2.8, aspect=1.3, facet_kws={"sharey": False})
     g.set_axis_labels("epoch", "cos(update, BP grad)\nmean over hidden layers")
-    g.figure.suptitle("Alignment with the true gradient (same batch, same masks, pre-update weights)", y=1.02)
+    g.figure.suptitle("Alignment with the true gradient (same batch, same masks, pre-update weights)"
+                      + _budget(P, "20 epochs"), y=1.02 if P is None else 1.05)
     return g.figure
 
 

@@ -88,6 +88,11 @@ def metrics(fin: pd.DataFrame, P: dict) -> dict:
     return out
 
 
+def budget(P: dict, spec: str = "spec: 100 epochs, 3 seeds") -> str:
+    """What ran, for a figure title: the paper-scale settings do not fit on every machine (README)."""
+    return f"{P['epochs']} epoch{'s' * (P['epochs'] != 1)}, {len(P['seeds'])} seed{'s' * (len(P['seeds']) != 1)} ({spec})"
+
+
 def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
     ok = fin[fin.status == "ok"]
     main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
@@ -106,6 +111,7 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
         axes[1].set_title("FTP γ sensitivity")
     else:
         axes[1].set_axis_off()
+    fig.suptitle(budget(P), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -146,7 +152,7 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
     return out
 
 
-def plot_quantized(fin: pd.DataFrame, dataset: str):
+def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     d = fin.copy()
     d.loc[d.status != "ok", "final_test_acc"] = float("nan")
     g = sns.relplot(d, x="bits", y="final_test_acc", hue="method", col="level", kind="line", marker="o",
@@ -157,7 +163,8 @@ def plot_quantized(fin: pd.DataFrame, dataset: str):
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.invert_xaxis()
     g.set_axis_labels("bits (32 = float)", "final test accuracy (%)")
-    g.figure.suptitle(f"FTP vs BP under quantisation, {dataset} (mean ± std over seeds)", y=1.03)
+    g.figure.suptitle(f"FTP vs BP under quantisation, {dataset} (mean ± std over seeds)"
+                      + (f"\n{budget(P)}" if P else ""), y=1.03 if P is None else 1.08)
     return g.figure
 
 
@@ -205,7 +212,7 @@ def noise_metrics(fin: pd.DataFrame) -> dict:
     return out
 
 
-def plot_noise(fin: pd.DataFrame, dataset: str):
+def plot_noise(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     d = fin.copy()
     d.loc[d.status != "ok", "final_test_acc"] = float("nan")
     kinds = [k for k in NOISE_KINDS if k in set(d.kind)]
@@ -222,6 +229,7 @@ def plot_noise(fin: pd.DataFrame, dataset: str):
         ax.set_title(NOISE_KINDS[kind][0], fontsize=10)
         ax.set_xlabel(kind)
         ax.set_ylabel("final test accuracy (%)" if ax is axes[0][0] else "")
-    fig.suptitle(f"FTP vs BP under analog non-idealities, {dataset} (mean ± std over seeds)", y=1.02)
+    fig.suptitle(f"FTP vs BP under analog non-idealities, {dataset} (mean ± std over seeds)"
+                 + (f"\n{budget(P)}" if P else ""), y=1.02 if P is None else 1.07)
     fig.tight_layout()
     return fig
