@@ -174,3 +174,34 @@ def test_noise_jobs_share_the_clean_run_and_reject_unknown_kinds():
     assert run_key(table_bp) == run_key(noise_bp)  # paper scale: the clean runs are the table's
     with pytest.raises(ConfigError, match="unknown kind"):
         F.noise_jobs({**P, "noise": {"thermal": [0.1]}}, "mnist")
+
+
+def test_alignment_jobs_measure_and_metrics_turn_cosines_into_angles():
+    import numpy as np
+    import pandas as pd
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    from repro.train import run_key
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    P = load_params("ftp_alignment", root / "params.yaml")
+    T = {**load_params("ftp_table", root / "params.yaml"), "seeds": P["seeds"]}
+    jobs = F.alignment_jobs(P)
+    assert [j["method"] for j in jobs] == P["methods"] * len(P["seeds"])
+    table = {j["method"]: j["config"] for j in F.table_jobs(T, "mnist") if j["method"] in P["methods"]
+             and j.get("gamma") in (None, T["gamma"])}
+    for j in jobs:  # the table's run, measured: only align_every differs
+        assert j["config"]["align_every"] == P["align_every"]
+        assert {**j["config"], "align_every": 0} == {**table[j["method"]], "align_every": 0}
+        assert run_key(j["config"]) != run_key(table[j["method"]])
+    rows = [{"method": "FTP", "seed": 1, "epoch": e, "status": "ok", "layer": lay, "cos": c,
+             "angle": float(np.degrees(np.arccos(c)))}
+            for e, cs in [(1, (0.5, 0.2, 1.0)), (2, (0.7, 0.1, 1.0))]
+            for lay, c in zip(["W1", "W2", "W3 (output)"], cs)]
+    m = F.alignment_metrics(pd.DataFrame(rows))
+    assert m["angle_deg"]["FTP"]["W1"] == {"1": pytest.approx(60.0), "2": pytest.approx(np.degrees(np.arccos(0.7)))}
+    assert m["ftp_hidden_within_90_every_epoch"] is True
+    assert m["ftp_hidden_max_angle_deg"] == pytest.approx(np.degrees(np.arccos(0.1)))
+    rows.append({**rows[1], "epoch": 3, "cos": -0.1, "angle": float(np.degrees(np.arccos(-0.1)))})
+    assert F.alignment_metrics(pd.DataFrame(rows))["ftp_hidden_within_90_every_epoch"] is False
+    rows.append({**rows[2], "epoch": 3, "cos": -1.0, "angle": 180.0, "layer": "W3 (output)"})  # output: not checked
+    assert F.alignment_metrics(pd.DataFrame(rows[:6] + rows[-1:]))["ftp_hidden_within_90_every_epoch"] is True

@@ -21,7 +21,8 @@ def _jobs_for(section: str, P: dict, datasets: list[str]) -> list[dict]:
                    "ftp_quantized": ftp.quantized_jobs, "ftp_noise": ftp.noise_jobs}
     if section in PER_DATASET:
         return [j for ds in datasets for j in per_dataset[section](P, ds)]
-    return {"ffzero_regression": ffzero.regression_jobs, "foton_alignment": foton.alignment_jobs}[section](P)
+    return {"ffzero_regression": ffzero.regression_jobs, "foton_alignment": foton.alignment_jobs,
+            "ftp_alignment": ftp.alignment_jobs}[section](P)
 
 
 def _sweep(section, P, results, only=None):
@@ -41,4 +42,5 @@ def _sweep(section, P, results, only=None):
 
 
 SECTIONS.update({s: _sweep for s in ("ffzero_width", "ffzero_cnn", "ffzero_regression", "foton_depth", "foton_shallow",
-                                     "foton_alignment", "ftp_table", "ftp_quantized", "ftp_noise")})
+                                     "foton_alignment", "ftp_table", "ftp_quantized", "ftp_noise",
+                                     "ftp_alignment")})

@@ -233,3 +233,62 @@ def plot_noise(fin: pd.DataFrame, dataset: str, P: dict | None = None):
                  + (f"\n{budget(P)}" if P else ""), y=1.02 if P is None else 1.07)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------- update alignment (§5 item 5)
+def alignment_jobs(P: dict) -> list[dict]:
+    """ftp.md §4.5 / §5 item 5: the angle between each method's update and the true BP gradient, per
+    layer, over training (same batch, same dropout masks, pre-update weights; ``align_every`` steps,
+    averaged per epoch). The FC net and PEPITA's training, as in the accuracy table."""
+    jobs = []
+    for seed in P["seeds"]:
+        for m in P["methods"]:
+            j = _fc_job(P, P["dataset"], m, seed, gamma=P["gamma"] if m == "FTP" else None)
+            j["config"]["align_every"] = P["align_every"]
+            jobs.append(j)
+    return jobs
+
+
+def run_alignment(P: dict, results: str = "results"):
+    """Per-epoch, per-layer angle (degrees) between update and BP gradient, one row per (run, epoch, layer)."""
+    import numpy as np
+    from .common import history_frame, final_frame, run_all, store_for
+    done = run_all(alignment_jobs(P), store_for("ftp_alignment", results), P, desc="ftp_alignment")
+    hist = history_frame(done)
+    hist = hist[(hist.epoch >= 1) & hist.align_cos.map(lambda c: isinstance(c, list))]
+    rows = []
+    for _, r in hist.iterrows():
+        n = len(r.align_cos)
+        for i, c in enumerate(r.align_cos):
+            rows.append({"method": r.method, "seed": r.seed, "epoch": r.epoch, "status": r.status,
+                         "layer": f"W{i + 1}" + (" (output)" if i == n - 1 else ""),
+                         "cos": c, "angle": float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))})
+    return pd.DataFrame(rows), final_frame(done)
+
+
+def alignment_metrics(angles: pd.DataFrame) -> dict:
+    """Mean angle per method, layer and epoch; ftp.md §5 item 5's claim: FTP's hidden-layer updates stay
+    within 90° of the BP gradient (a descent direction) at every epoch."""
+    ok = angles[angles.status == "ok"]
+    out = {"angle_deg": {m: {layer: {str(int(e)): float(a) for e, a in g.groupby("epoch").angle.mean().items()}
+                             for layer, g in d.groupby("layer")} for m, d in ok.groupby("method")},
+           "diverged": {m: int((d.groupby("seed").status.first() == "diverged").sum())
+                        for m, d in angles.groupby("method")}}
+    ftp = ok[(ok.method == "FTP") & ~ok.layer.str.endswith("(output)")]
+    if len(ftp):
+        per_epoch = ftp.groupby(["layer", "epoch"]).angle.mean()
+        out["ftp_hidden_max_angle_deg"] = float(per_epoch.max())
+        out["ftp_hidden_within_90_every_epoch"] = bool((per_epoch < 90.0).all())
+    return out
+
+
+def plot_alignment(angles: pd.DataFrame, P: dict | None = None):
+    d = angles[angles.status == "ok"]
+    g = sns.relplot(d, x="epoch", y="angle", hue="method", col="layer", kind="line", marker="o",
+                    errorbar=("pi", 100), height=3.0, aspect=1.1)
+    for ax in g.axes.flat:
+        ax.axhline(90, color="grey", lw=0.8, ls=":")
+    g.set_axis_labels("epoch", "angle to −∇ BP (degrees)")
+    g.figure.suptitle("Update vs BP gradient (same batch, masks, pre-update weights); 90° = no descent"
+                      + (f"\n{budget(P)}" if P else ""), y=1.03 if P is None else 1.08)
+    return g.figure
