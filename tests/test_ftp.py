@@ -205,3 +205,29 @@ def test_alignment_jobs_measure_and_metrics_turn_cosines_into_angles():
     assert F.alignment_metrics(pd.DataFrame(rows))["ftp_hidden_within_90_every_epoch"] is False
     rows.append({**rows[2], "epoch": 3, "cos": -1.0, "angle": 180.0, "layer": "W3 (output)"})  # output: not checked
     assert F.alignment_metrics(pd.DataFrame(rows[:6] + rows[-1:]))["ftp_hidden_within_90_every_epoch"] is True
+
+
+def test_diverged_runs_count_at_chance_and_an_untrained_ftp_cannot_be_robust():
+    """A diverged FTP must not vanish from the means (it would leave only BP, or make a 'robustness' check
+    pass by having nothing to lose)."""
+    import pandas as pd
+    from repro.figures import ftp as F
+
+    def row(m, bits, acc, status="ok"):
+        return {"method": m, "level": "full", "bits": bits, "seed": 1, "status": status,
+                "final_test_acc": acc, "best_test_acc": acc, "gamma": 0.2 if m.startswith("FTP") else None}
+
+    P = {"gamma": 0.2}
+    t = F.metrics(pd.DataFrame([row("BP", 32, 98.0), row("FTP", 32, 9.8, "diverged"), row(F.FTP_OS, 32, 97.0)]), P)
+    assert t["final_test_acc"]["FTP"]["mean"] == 9.8 and t["diverged"]["FTP"] == 1
+    assert t["ftp_fp32_within_2_of_bp"] is False and t["ftp_os_fp32_within_2_of_bp"] is True
+    rows = [row("BP", 32, 98.0), row("BP", 4, 80.0), row("BP", 2, 40.0),
+            row("FTP", 32, 9.8, "diverged"), row("FTP", 4, 9.8, "diverged"), row("FTP", 2, 9.8),
+            row(F.FTP_OS, 32, 97.0), row(F.FTP_OS, 4, 90.0), row(F.FTP_OS, 2, 60.0)]
+    q = F.quantized_metrics(pd.DataFrame(rows))
+    assert q["final_test_acc"]["full"]["FTP"]["32"] == 9.8 and q["diverged"]["full"]["FTP"] == 2
+    assert q["ftp_drops_le4_bits"]["2"] == {"FTP": 0.0, "BP": 58.0}
+    assert q["ftp_degrades_less_than_bp_le4"] is False  # nothing to lose: it never learned
+    assert q["ftp_os_degrades_less_than_bp_le4"] is True  # 7 < 18 and 37 < 58
+    rows[-1] = row(F.FTP_OS, 2, 30.0)
+    assert F.quantized_metrics(pd.DataFrame(rows))["ftp_os_degrades_less_than_bp_le4"] is False

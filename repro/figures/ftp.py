@@ -20,11 +20,25 @@ def _cfg(P: dict, dataset: str, rule: dict, bias: bool, seed: int) -> dict:
             "epochs": P["epochs"], "batch_size": P["batch_size"], "seed": seed}
 
 
+# The two readings of FTP's first-layer target (ftp.md §6 item 1): the spec's recommended one (``scale``:
+# τ_1 = h_1 + γ(ψ(yG) − ψ(ŷG)); the claims' reading) and its listed alternative (``output_step``:
+# τ_1 = h_1 + ψ((ŷ + γ(y − ŷ))G) − ψ(ŷG)). They coincide for ψ = identity; with ψ = ReLU they do not.
+FTP_OS = "FTP (output step)"
+CHANCE_NOTE = "diverged runs count at their measured (chance-level) accuracy"
+
+
 def _fc_rules(P: dict) -> dict[str, tuple[dict, bool]]:
     """Each FC method's rule config and whether its net has biases (PEPITA's nets have none)."""
     return {"BP": ({"name": "bp"}, True), "DRTP": ({"name": "drtp"}, True),
             "PEPITA": ({"name": "pepita", "keep": P["keep"]}, False),
-            "FTP": ({"name": "ftp", "gamma": P["gamma"], "keep": P["keep"]}, True)}
+            "FTP": ({"name": "ftp", "gamma": P["gamma"], "keep": P["keep"]}, True),
+            FTP_OS: ({"name": "ftp", "gamma": P["gamma"], "keep": P["keep"], "gamma_mode": "output_step"}, True)}
+
+
+def _measured(fin: pd.DataFrame) -> pd.DataFrame:
+    """Every run at the accuracy its final model was measured at: a diverged run's NaN model predicts one
+    class (≈ 10 % on MNIST), so divergence counts as failure instead of vanishing from the means."""
+    return fin[fin.final_test_acc.notna()]
 
 
 def _fc_job(P: dict, dataset: str, m: str, seed: int, hardware: dict | None = None, **meta) -> dict:
@@ -39,7 +53,8 @@ def _fc_job(P: dict, dataset: str, m: str, seed: int, hardware: dict | None = No
 def table_jobs(P: dict, dataset: str) -> list[dict]:
     jobs = []
     for seed in P["seeds"]:
-        jobs += [_fc_job(P, dataset, m, seed, gamma=P["gamma"] if m == "FTP" else None) for m in P["methods"]]
+        jobs += [_fc_job(P, dataset, m, seed, gamma=P["gamma"] if m.startswith("FTP") else None)
+                 for m in P["methods"]]
         C = P.get("cnn")
         for m in (C or {}).get("methods", []):  # the 1-conv CNN of the MAC sheet (ftp.md §4.2): "<method> CNN"
             rule = {"BP": {"name": "bp"}, "FTP": {"name": "ftp", "gamma": P["gamma"]}, "DRTP": {"name": "drtp"},
@@ -73,7 +88,9 @@ def run(P: dict, dataset: str, results: str = "results"):
 
 
 def metrics(fin: pd.DataFrame, P: dict) -> dict:
-    ok = fin[fin.status == "ok"]
+    """Mean final/best accuracy per method (""" + "{CHANCE_NOTE}" + """), the γ sweep, and the claims' checks:
+    FTP (and its output-step reading) within 2 points of BP at 32 bits."""
+    ok = _measured(fin)
     main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
     out: dict = {"final_test_acc": {m: {"mean": float(g.final_test_acc.mean()), "std": float(g.final_test_acc.std(ddof=1))
                                   if len(g) > 1 else 0.0, "n": int(len(g))} for m, g in main.groupby("method")},
@@ -83,6 +100,8 @@ def metrics(fin: pd.DataFrame, P: dict) -> dict:
     a = out["final_test_acc"]
     if "FTP" in a and "BP" in a:
         out["ftp_fp32_within_2_of_bp"] = bool(a["BP"]["mean"] - a["FTP"]["mean"] <= 2.0)
+    if FTP_OS in a and "BP" in a:
+        out["ftp_os_fp32_within_2_of_bp"] = bool(a["BP"]["mean"] - a[FTP_OS]["mean"] <= 2.0)
     if "FTP CNN" in a and "BP CNN" in a:
         out["ftp_cnn_gap_to_bp_cnn"] = a["BP CNN"]["mean"] - a["FTP CNN"]["mean"]
     return out
@@ -93,8 +112,15 @@ def budget(P: dict, spec: str = "spec: 100 epochs, 3 seeds") -> str:
     return f"{P['epochs']} epoch{'s' * (P['epochs'] != 1)}, {len(P['seeds'])} seed{'s' * (len(P['seeds']) != 1)} ({spec})"
 
 
+def _mark_diverged(ax, d: pd.DataFrame, x: str) -> None:
+    """Diverged runs drawn as × at their measured accuracy (they are also in the lines and means)."""
+    bad = d[d.status == "diverged"]
+    if len(bad):
+        ax.scatter(bad[x], bad.final_test_acc, marker="x", s=60, c="k", zorder=6, label="diverged")
+
+
 def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
-    ok = fin[fin.status == "ok"]
+    ok = _measured(fin)
     main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     order = [m for m in P["methods"] + [f"{m} CNN" for m in (P.get("cnn") or {}).get("methods", [])]
@@ -102,11 +128,18 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
     sns.pointplot(main, x="method", y="final_test_acc", order=order, errorbar="sd", linestyle="none", capsize=0.2,
                   ax=axes[0])
     sns.stripplot(main, x="method", y="final_test_acc", order=order, color="0.4", size=4, ax=axes[0])
+    bad = main[main.status == "diverged"]
+    if len(bad):  # categorical axis: positions by order
+        axes[0].scatter([order.index(m) for m in bad.method], bad.final_test_acc, marker="x", s=70, c="red",
+                        zorder=6, label="diverged (at its measured accuracy)")
+        axes[0].legend(fontsize=7)
+    axes[0].tick_params(axis="x", labelrotation=30, labelsize=8)
     axes[0].set_title(f"{dataset}: FC {'-'.join(map(str, P['widths']))} (and CNN), final test accuracy", fontsize=9)
     axes[0].set_ylabel("test accuracy (%)")
     g = ok[ok.method == "FTP"]
     if g.gamma.nunique() > 1:
         sns.lineplot(g, x="gamma", y="final_test_acc", marker="o", errorbar="sd", ax=axes[1])
+        _mark_diverged(axes[1], g, "gamma")
         axes[1].set_xscale("log")
         axes[1].set_title("FTP γ sensitivity")
     else:
@@ -135,35 +168,46 @@ def run_quantized(P: dict, dataset: str, results: str = "results"):
     return _run(quantized_jobs(P, dataset), dataset, "ftp_quantized", P, results)
 
 
+TRAINED_MIN_ACC = 50.0  # % — a method whose clean (32-bit) run is below this did not learn (MNIST chance: 10 %)
+
+
 def quantized_metrics(fin: pd.DataFrame) -> dict:
-    ok = fin[fin.status == "ok"]
+    """Mean final accuracy per level, method and bit width (diverged runs at their measured, chance-level
+    accuracy); the claims' check on the ``full`` level: at every bit width ≤ 4, each FTP reading's drop from
+    its own 32-bit accuracy is smaller than BP's. A reading whose 32-bit run did not learn (below
+    ``TRAINED_MIN_ACC``) fails the check: it cannot "keep" an accuracy it never had."""
+    ok = _measured(fin)
     acc = {lvl: {m: {str(b): float(g[g.bits == b].final_test_acc.mean()) for b in sorted(set(g.bits))}
                  for m, g in d.groupby("method")} for lvl, d in ok.groupby("level")}
     out = {"final_test_acc": acc,
-           "diverged": {lvl: int((d.status == "diverged").sum()) for lvl, d in fin.groupby("level")}}
+           "diverged": {lvl: {m: int((g.status == "diverged").sum()) for m, g in d.groupby("method")}
+                        for lvl, d in fin.groupby("level")}}
     full = acc.get("full", {})
-    if "FTP" in full and "BP" in full and "32" in full["FTP"]:
-        out["ftp_fp32_within_2_of_bp"] = bool(full["BP"]["32"] - full["FTP"]["32"] <= 2.0)
-        low = [b for b in full["FTP"] if int(b) <= 4 and b in full["BP"]]
+    for m, key in (("FTP", "ftp"), (FTP_OS, "ftp_os")):
+        if m not in full or "BP" not in full or "32" not in full[m] or "32" not in full["BP"]:
+            continue
+        out[f"{key}_fp32_within_2_of_bp"] = bool(full["BP"]["32"] - full[m]["32"] <= 2.0)
+        low = [b for b in full[m] if int(b) <= 4 and b in full["BP"]]
         if low:  # drop from each method's own 32-bit accuracy, at every bit width ≤ 4
-            drops = {b: (full["FTP"]["32"] - full["FTP"][b], full["BP"]["32"] - full["BP"][b]) for b in low}
-            out["drops_le4_bits"] = {b: {"FTP": f, "BP": bp} for b, (f, bp) in drops.items()}
-            out["ftp_degrades_less_than_bp_le4"] = bool(all(f < bp for f, bp in drops.values()))
+            drops = {b: (full[m]["32"] - full[m][b], full["BP"]["32"] - full["BP"][b]) for b in low}
+            out[f"{key}_drops_le4_bits"] = {b: {m: f, "BP": bp} for b, (f, bp) in drops.items()}
+            out[f"{key}_degrades_less_than_bp_le4"] = bool(full[m]["32"] >= TRAINED_MIN_ACC
+                                                           and all(f < bp for f, bp in drops.values()))
     return out
 
 
 def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
-    d = fin.copy()
-    d.loc[d.status != "ok", "final_test_acc"] = float("nan")
+    d = _measured(fin)
     g = sns.relplot(d, x="bits", y="final_test_acc", hue="method", col="level", kind="line", marker="o",
                     errorbar="sd", height=3.2, aspect=1.15)
-    for ax in g.axes.flat:
+    for (level, ax) in g.axes_dict.items():
+        _mark_diverged(ax, d[d.level == level], "bits")
         ax.set_xscale("log", base=2)
         ticks = sorted(set(d.bits))
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.invert_xaxis()
     g.set_axis_labels("bits (32 = float)", "final test accuracy (%)")
-    g.figure.suptitle(f"FTP vs BP under quantisation, {dataset} (mean ± std over seeds)"
+    g.figure.suptitle(f"FTP vs BP under quantisation, {dataset} (mean ± std over seeds; × = diverged)"
                       + (f"\n{budget(P)}" if P else ""), y=1.03 if P is None else 1.08)
     return g.figure
 
@@ -196,7 +240,7 @@ def run_noise(P: dict, dataset: str, results: str = "results"):
 def noise_metrics(fin: pd.DataFrame) -> dict:
     """Mean final accuracy per kind, method and value; per kind, each method's drop from its clean run to
     the harshest setting, and whether FTP's is smaller than BP's (ftp.md §5 item 2's claim)."""
-    ok, f = fin[fin.status == "ok"], (lambda v: f"{float(v):g}")  # 32 and 32.0 alike
+    ok, f = _measured(fin), (lambda v: f"{float(v):g}")  # 32 and 32.0 alike; diverged at measured accuracy
     acc = {k: {m: {f(v): float(g[g.value == v].final_test_acc.mean()) for v in sorted(set(g.value))}
                for m, g in d.groupby("method")} for k, d in ok.groupby("kind")}
     out: dict = {"final_test_acc": acc, "diverged": {k: int((d.status != "ok").sum()) for k, d in fin.groupby("kind")},
@@ -207,20 +251,21 @@ def noise_metrics(fin: pd.DataFrame) -> dict:
         harsh = values[-1] if clean == 0.0 else values[0]  # largest noise, or fewest bits
         drops = {m: a[f(clean)] - a.get(f(harsh), float("nan")) for m, a in per.items() if f(clean) in a}
         out["drop_at_harshest"][kind] = {"value": harsh, **drops}
-        if "FTP" in drops and "BP" in drops and harsh != clean:
-            out[f"ftp_more_robust_{kind}"] = bool(drops["FTP"] < drops["BP"])
+        for m, key in (("FTP", "ftp"), (FTP_OS, "ftp_os")):  # a reading that never learned fails (as above)
+            if m in drops and "BP" in drops and harsh != clean:
+                out[f"{key}_more_robust_{kind}"] = bool(per[m][f(clean)] >= TRAINED_MIN_ACC and drops[m] < drops["BP"])
     return out
 
 
 def plot_noise(fin: pd.DataFrame, dataset: str, P: dict | None = None):
-    d = fin.copy()
-    d.loc[d.status != "ok", "final_test_acc"] = float("nan")
+    d = _measured(fin)
     kinds = [k for k in NOISE_KINDS if k in set(d.kind)]
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.8 * len(kinds), 3.4), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         sub = d[d.kind == kind]
         sns.lineplot(sub, x="value", y="final_test_acc", hue="method", marker="o", errorbar="sd", ax=ax,
                      legend=ax is axes[0][0])
+        _mark_diverged(ax, sub, "value")
         if NOISE_KINDS[kind][2] == 32:  # bit widths: fewer bits to the right
             ticks = sorted(set(sub.value))
             ax.set_xscale("log", base=2)
@@ -229,7 +274,7 @@ def plot_noise(fin: pd.DataFrame, dataset: str, P: dict | None = None):
         ax.set_title(NOISE_KINDS[kind][0], fontsize=10)
         ax.set_xlabel(kind)
         ax.set_ylabel("final test accuracy (%)" if ax is axes[0][0] else "")
-    fig.suptitle(f"FTP vs BP under analog non-idealities, {dataset} (mean ± std over seeds)"
+    fig.suptitle(f"FTP vs BP under analog non-idealities, {dataset} (mean ± std over seeds; × = diverged)"
                  + (f"\n{budget(P)}" if P else ""), y=1.02 if P is None else 1.07)
     fig.tight_layout()
     return fig
@@ -268,22 +313,24 @@ def run_alignment(P: dict, results: str = "results"):
 
 def alignment_metrics(angles: pd.DataFrame) -> dict:
     """Mean angle per method, layer and epoch; ftp.md §5 item 5's claim: FTP's hidden-layer updates stay
-    within 90° of the BP gradient (a descent direction) at every epoch."""
-    ok = angles[angles.status == "ok"]
+    within 90° of the BP gradient (a descent direction) at every epoch — for each FTP reading. Every
+    measurement counts, a diverged run's too (a NaN angle after divergence fails the check)."""
+    ok = angles
     out = {"angle_deg": {m: {layer: {str(int(e)): float(a) for e, a in g.groupby("epoch").angle.mean().items()}
                              for layer, g in d.groupby("layer")} for m, d in ok.groupby("method")},
            "diverged": {m: int((d.groupby("seed").status.first() == "diverged").sum())
                         for m, d in angles.groupby("method")}}
-    ftp = ok[(ok.method == "FTP") & ~ok.layer.str.endswith("(output)")]
-    if len(ftp):
-        per_epoch = ftp.groupby(["layer", "epoch"]).angle.mean()
-        out["ftp_hidden_max_angle_deg"] = float(per_epoch.max())
-        out["ftp_hidden_within_90_every_epoch"] = bool((per_epoch < 90.0).all())
+    for m, key in (("FTP", "ftp"), (FTP_OS, "ftp_os")):
+        ftp = ok[(ok.method == m) & ~ok.layer.str.endswith("(output)")]
+        if len(ftp):
+            per_epoch = ftp.groupby(["layer", "epoch"]).angle.agg(lambda a: a.mean(skipna=False))
+            out[f"{key}_hidden_max_angle_deg"] = float(per_epoch.max())
+            out[f"{key}_hidden_within_90_every_epoch"] = bool((per_epoch < 90.0).all())
     return out
 
 
 def plot_alignment(angles: pd.DataFrame, P: dict | None = None):
-    d = angles[angles.status == "ok"]
+    d = angles
     g = sns.relplot(d, x="epoch", y="angle", hue="method", col="layer", kind="line", marker="o",
                     errorbar=("pi", 100), height=3.0, aspect=1.1)
     for ax in g.axes.flat:
