@@ -237,7 +237,7 @@ def test_conv_bjorck_keeps_kernels_row_orthonormal_and_cnn_config_errors():
         make_rule({"name": "foton"}).setup(plain, 10)
 
 
-def test_frequency_check_deepest_depth_with_margin_and_divergence():
+def test_frequency_check_every_depth_with_margin_and_divergence():
     import pandas as pd
     from repro.figures import foton as ff
 
@@ -245,11 +245,15 @@ def test_frequency_check_deepest_depth_with_margin_and_divergence():
         return pd.DataFrame([{"method": m, "layers": L, "status": s, "final_test_acc": a, "best_test_acc": a}
                              for m, L, s, a in rows])
 
-    base = [("FOTON o=1 ff=1", 2, "ok", 50.0), ("FOTON o=100 ff=100", 2, "ok", 99.0), ("BP", 50, "ok", 99.0)]
+    base = [("FOTON o=1 ff=1", 2, "ok", 95.0), ("FOTON o=100 ff=100", 2, "ok", 94.5), ("BP", 50, "ok", 99.0)]
     ok = ff.metrics(fin(base + [("FOTON o=1 ff=1", 50, "ok", 90.0), ("FOTON o=10 ff=10", 50, "ok", 90.9),
                                 ("FOTON o=1 ff=0", 50, "ok", 80.0)]))
-    assert ok["frequency_check"]["depth"] == 50 and ok["frequency_check"]["most_frequent"] == "FOTON o=1 ff=1"
-    assert ok["frequent_not_worse_at_depth"] is True  # shallow depths do not count; 0.9 < margin
+    assert ok["frequency_check"]["by_depth"]["50"]["most_frequent"] == "FOTON o=1 ff=1"
+    assert ok["frequent_not_worse_at_depth"] is True  # 0.5 and 0.9 < margin
+    shallow_hurt = ff.metrics(fin([("FOTON o=1 ff=1", 2, "ok", 50.0), ("FOTON o=100 ff=100", 2, "ok", 99.0),
+                                   ("FOTON o=1 ff=1", 50, "ok", 10.0), ("FOTON o=100 ff=100", 50, "ok", 10.0)]))
+    assert shallow_hurt["frequent_not_worse_at_depth"] is False  # all at chance at 50 layers says nothing
+    assert shallow_hurt["frequency_check"]["by_depth"]["50"]["holds"] is True
     worse = ff.metrics(fin(base + [("FOTON o=1 ff=1", 50, "ok", 90.0), ("FOTON o=100 ff=100", 50, "ok", 91.5)]))
     assert worse["frequent_not_worse_at_depth"] is False
     div = ff.metrics(fin(base + [("FOTON o=1 ff=1", 50, "diverged", float("nan")),
