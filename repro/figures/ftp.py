@@ -141,7 +141,8 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
         sns.lineplot(g, x="gamma", y="final_test_acc", marker="o", errorbar="sd", ax=axes[1])
         _mark_diverged(axes[1], g, "gamma")
         axes[1].set_xscale("log")
-        axes[1].set_title("FTP γ sensitivity")
+        axes[1].set_title("FTP γ sensitivity (the spec's τ₁ reading)", fontsize=9)
+        axes[1].set_ylabel("test accuracy (%)")
     else:
         axes[1].set_axis_off()
     fig.suptitle(budget(P), fontsize=9)
