@@ -205,6 +205,8 @@ def test_alignment_jobs_measure_and_metrics_turn_cosines_into_angles():
     assert F.alignment_metrics(pd.DataFrame(rows))["ftp_hidden_within_90_every_epoch"] is False
     rows.append({**rows[2], "epoch": 3, "cos": -1.0, "angle": 180.0, "layer": "W3 (output)"})  # output: not checked
     assert F.alignment_metrics(pd.DataFrame(rows[:6] + rows[-1:]))["ftp_hidden_within_90_every_epoch"] is True
+    div = [{**r, "status": "diverged"} for r in rows[:3]]  # angles fine before the NaN, but it diverged
+    assert F.alignment_metrics(pd.DataFrame(div))["ftp_hidden_within_90_every_epoch"] is False
 
 
 def test_diverged_runs_count_at_chance_and_an_untrained_ftp_cannot_be_robust():
