@@ -24,7 +24,7 @@ def _cfg(P: dict, dataset: str, rule: dict, bias: bool, seed: int) -> dict:
 # τ_1 = h_1 + γ(ψ(yG) − ψ(ŷG)); the claims' reading) and its listed alternative (``output_step``:
 # τ_1 = h_1 + ψ((ŷ + γ(y − ŷ))G) − ψ(ŷG)). They coincide for ψ = identity; with ψ = ReLU they do not.
 FTP_OS = "FTP (output step)"
-CHANCE_NOTE = "diverged runs count at their measured (chance-level) accuracy"
+READINGS = (("FTP", "ftp"), (FTP_OS, "ftp_os"))  # method label, metrics-key prefix
 
 
 def _fc_rules(P: dict) -> dict[str, tuple[dict, bool]]:
@@ -88,8 +88,8 @@ def run(P: dict, dataset: str, results: str = "results"):
 
 
 def metrics(fin: pd.DataFrame, P: dict) -> dict:
-    """Mean final/best accuracy per method (""" + "{CHANCE_NOTE}" + """), the γ sweep, and the claims' checks:
-    FTP (and its output-step reading) within 2 points of BP at 32 bits."""
+    """Mean final/best accuracy per method (diverged runs at their measured, chance-level accuracy), the γ
+    sweep, and the claims' checks: each FTP reading within 2 points of BP at 32 bits."""
     ok = _measured(fin)
     main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
     out: dict = {"final_test_acc": {m: {"mean": float(g.final_test_acc.mean()), "std": float(g.final_test_acc.std(ddof=1))
@@ -184,7 +184,7 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
            "diverged": {lvl: {m: int((g.status == "diverged").sum()) for m, g in d.groupby("method")}
                         for lvl, d in fin.groupby("level")}}
     full = acc.get("full", {})
-    for m, key in (("FTP", "ftp"), (FTP_OS, "ftp_os")):
+    for m, key in READINGS:
         if m not in full or "BP" not in full or "32" not in full[m] or "32" not in full["BP"]:
             continue
         out[f"{key}_fp32_within_2_of_bp"] = bool(full["BP"]["32"] - full[m]["32"] <= 2.0)
@@ -252,7 +252,7 @@ def noise_metrics(fin: pd.DataFrame) -> dict:
         harsh = values[-1] if clean == 0.0 else values[0]  # largest noise, or fewest bits
         drops = {m: a[f(clean)] - a.get(f(harsh), float("nan")) for m, a in per.items() if f(clean) in a}
         out["drop_at_harshest"][kind] = {"value": harsh, **drops}
-        for m, key in (("FTP", "ftp"), (FTP_OS, "ftp_os")):  # a reading that never learned fails (as above)
+        for m, key in READINGS:  # a reading that never learned fails (as above)
             if m in drops and "BP" in drops and harsh != clean:
                 out[f"{key}_more_robust_{kind}"] = bool(per[m][f(clean)] >= TRAINED_MIN_ACC and drops[m] < drops["BP"])
     return out
@@ -323,7 +323,7 @@ def alignment_metrics(angles: pd.DataFrame) -> dict:
                              for layer, g in d.groupby("layer")} for m, d in ok.groupby("method")},
            "diverged": {m: int((d.groupby("seed").status.first() == "diverged").sum())
                         for m, d in angles.groupby("method")}}
-    for m, key in (("FTP", "ftp"), (FTP_OS, "ftp_os")):
+    for m, key in READINGS:
         ftp = ok[(ok.method == m) & ~ok.layer.str.endswith("(output)")]
         if len(ftp):
             per_epoch = ftp.groupby(["layer", "epoch"]).angle.agg(lambda a: a.mean(skipna=False))
