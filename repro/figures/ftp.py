@@ -5,10 +5,11 @@ SGD + momentum 0.9, lr 0.01, batch 64, ×0.1 at epochs 60 and 90, He-uniform ini
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .common import run_for_dataset
+from .common import final_frame, history_frame, run_all, run_for_dataset, store_for
 
 
 def _cfg(P: dict, dataset: str, rule: dict, bias: bool, seed: int) -> dict:
@@ -297,8 +298,6 @@ def alignment_jobs(P: dict) -> list[dict]:
 
 def run_alignment(P: dict, results: str = "results"):
     """Per-epoch, per-layer angle (degrees) between update and BP gradient, one row per (run, epoch, layer)."""
-    import numpy as np
-    from .common import history_frame, final_frame, run_all, store_for
     done = run_all(alignment_jobs(P), store_for("ftp_alignment", results), P, desc="ftp_alignment")
     hist = history_frame(done)
     hist = hist[(hist.epoch >= 1) & hist.align_cos.map(lambda c: isinstance(c, list))]
