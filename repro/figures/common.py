@@ -121,3 +121,24 @@ def mark_skipped(out: str | Path, reason: str) -> None:
         (out / sub).mkdir(parents=True, exist_ok=True)
         (out / sub / "SKIPPED.txt").write_text(reason + "\n")
     write_metrics(out / "metrics.json", {"skipped": reason})
+
+
+def measured(fin: pd.DataFrame) -> pd.DataFrame:
+    """Every run at the accuracy its final model was measured at: a diverged run's NaN model predicts one
+    class (≈ chance), so divergence counts as failure instead of vanishing from means and plots."""
+    return fin[fin.final_test_acc.notna()]
+
+
+def mark_diverged(ax, d: pd.DataFrame, x: str) -> None:
+    """Diverged runs drawn as × at their measured accuracy (they are also in the lines and means)."""
+    bad = d[d.status == "diverged"]
+    if len(bad):
+        ax.scatter(bad[x], bad.final_test_acc, marker="x", s=60, c="k", zorder=6, label="diverged")
+
+
+def budget(P: dict | None, spec: str = "100 epochs, 3 seeds") -> str:
+    """What ran, for a figure title (paper-scale settings do not fit on every machine; README)."""
+    if P is None:
+        return ""
+    e, n = P["epochs"], len(P["seeds"])
+    return f"{e} epoch{'s' * (e != 1)}, {n} seed{'s' * (n != 1)} (spec: {spec})"

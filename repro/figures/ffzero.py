@@ -8,7 +8,7 @@ import pandas as pd
 import seaborn as sns
 
 from ..rules import rule_config
-from .common import run_for_dataset
+from .common import measured, run_for_dataset
 
 PARADIGMS = ("BP+AD", "BP+DD", "FF+AD", "FF+DD")
 
@@ -103,7 +103,7 @@ def metrics(fin: pd.DataFrame) -> dict:
     """Medians per paradigm and width (hidden width or channels), and the issue's checks (#4 item 5).
     A diverged run counts at the accuracy its final (non-finite) model was measured at — chance level —
     since failing to train at a width is exactly what BP+DD's check is about; they are also listed."""
-    done = fin[fin.final_test_acc.notna()]
+    done = measured(fin)
     out = _checks(done.groupby(["paradigm", "width"]).final_test_acc.median().unstack(0))
     bad = fin[fin.status != "ok"]
     out["diverged_runs"] = int(len(bad))
@@ -116,7 +116,7 @@ def metrics(fin: pd.DataFrame) -> dict:
 def plot_width(fin: pd.DataFrame, dataset: str, arch: str = "mlp", P: dict | None = None):
     """``P`` (the section's parameters), when given, puts the epochs and seeds that ran in the title."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    ok = fin[fin.final_test_acc.notna()]  # diverged runs at their measured (chance-level) accuracy, marked ×
+    ok = measured(fin)  # diverged runs at their measured (chance-level) accuracy, marked ×
     for p, g in ok.groupby("paradigm"):
         q = g.groupby("width").final_test_acc.quantile([0.25, 0.5, 0.75]).unstack()
         line, = ax.plot(q.index, q[0.5], marker="o", label=p)

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .common import final_frame, history_frame, run_all, run_for_dataset, store_for
+from .common import (budget, final_frame, history_frame, mark_diverged, measured, run_all, run_for_dataset,
+                     store_for)
 
 # foton.md §4: numbers reported for CIFAR-100 (the paper's dataset for this figure)
 REPORTED = {"cifar100": {50: 12.6}}
@@ -107,22 +108,13 @@ def frequency_check(fin: pd.DataFrame) -> dict:
             "frequent_not_worse_at_depth": bool(ok_all)}
 
 
-def _budget(P: dict | None, spec: str) -> str:
-    if P is None:
-        return ""
-    e, n = P["epochs"], len(P["seeds"])
-    return f"\n{e} epoch{'s' * (e != 1)}, {n} seed{'s' * (n != 1)} (spec: {spec})"
-
-
 def plot_depth(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     from matplotlib.ticker import NullFormatter
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    d = fin[fin.final_test_acc.notna()]  # diverged runs at their measured (chance-level) accuracy, drawn ×
+    d = measured(fin)  # diverged runs at their measured (chance-level) accuracy, drawn ×
     sns.lineplot(d, x="layers", y="final_test_acc", hue="method", style="method", markers=True, dashes=False,
                  errorbar=("pi", 100), ax=ax)
-    bad = d[d.status == "diverged"]
-    if len(bad):
-        ax.scatter(bad.layers, bad.final_test_acc, marker="x", s=70, c="k", zorder=6, label="diverged")
+    mark_diverged(ax, d, "layers")
     for L, v in REPORTED.get(dataset, {}).items():
         ax.scatter([L], [v], marker="*", s=160, c="gold", edgecolors="k", zorder=5, label="paper (FOTON)")
     ax.set_xscale("log")
@@ -131,7 +123,7 @@ def plot_depth(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     ax.set_xlabel("weight layers")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title(f"FOTON depth scaling, {dataset} (× = diverged, at its measured accuracy)"
-                 + _budget(P, "100 epochs, 3 seeds"), fontsize=10)
+                 + (f"\n{budget(P)}" if P else ""), fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -193,7 +185,7 @@ def plot_alignment(hist: pd.DataFrame, P: dict | None = None):
                     errorbar=("pi", 100), height=2.8, aspect=1.3, facet_kws={"sharey": False})
     g.set_axis_labels("epoch", "cos(update, BP grad)\nmean over hidden layers")
     g.figure.suptitle("Alignment with the true gradient (same batch, same masks, pre-update weights)"
-                      + _budget(P, "20 epochs"), y=1.02 if P is None else 1.05)
+                      + (f"\n{budget(P, '20 epochs')}" if P else ""), y=1.02 if P is None else 1.05)
     return g.figure
 
 

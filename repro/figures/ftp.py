@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .common import final_frame, history_frame, run_all, run_for_dataset, store_for
+from .common import (budget, final_frame, history_frame, mark_diverged, measured, run_all, run_for_dataset,
+                     store_for)
 
 
 def _cfg(P: dict, dataset: str, rule: dict, bias: bool, seed: int) -> dict:
@@ -36,10 +37,6 @@ def _fc_rules(P: dict) -> dict[str, tuple[dict, bool]]:
             FTP_OS: ({"name": "ftp", "gamma": P["gamma"], "keep": P["keep"], "gamma_mode": "output_step"}, True)}
 
 
-def _measured(fin: pd.DataFrame) -> pd.DataFrame:
-    """Every run at the accuracy its final model was measured at: a diverged run's NaN model predicts one
-    class (≈ 10 % on MNIST), so divergence counts as failure instead of vanishing from the means."""
-    return fin[fin.final_test_acc.notna()]
 
 
 def _fc_job(P: dict, dataset: str, m: str, seed: int, hardware: dict | None = None, **meta) -> dict:
@@ -91,7 +88,7 @@ def run(P: dict, dataset: str, results: str = "results"):
 def metrics(fin: pd.DataFrame, P: dict) -> dict:
     """Mean final/best accuracy per method (diverged runs at their measured, chance-level accuracy), the γ
     sweep, and the claims' checks: each FTP reading within 2 points of BP at 32 bits."""
-    ok = _measured(fin)
+    ok = measured(fin)
     main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
     out: dict = {"final_test_acc": {m: {"mean": float(g.final_test_acc.mean()), "std": float(g.final_test_acc.std(ddof=1))
                                   if len(g) > 1 else 0.0, "n": int(len(g))} for m, g in main.groupby("method")},
@@ -108,20 +105,8 @@ def metrics(fin: pd.DataFrame, P: dict) -> dict:
     return out
 
 
-def budget(P: dict, spec: str = "spec: 100 epochs, 3 seeds") -> str:
-    """What ran, for a figure title: the paper-scale settings do not fit on every machine (README)."""
-    return f"{P['epochs']} epoch{'s' * (P['epochs'] != 1)}, {len(P['seeds'])} seed{'s' * (len(P['seeds']) != 1)} ({spec})"
-
-
-def _mark_diverged(ax, d: pd.DataFrame, x: str) -> None:
-    """Diverged runs drawn as × at their measured accuracy (they are also in the lines and means)."""
-    bad = d[d.status == "diverged"]
-    if len(bad):
-        ax.scatter(bad[x], bad.final_test_acc, marker="x", s=60, c="k", zorder=6, label="diverged")
-
-
 def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
-    ok = _measured(fin)
+    ok = measured(fin)
     main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     order = [m for m in P["methods"] + [f"{m} CNN" for m in (P.get("cnn") or {}).get("methods", [])]
@@ -140,7 +125,7 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
     g = ok[ok.method == "FTP"]
     if g.gamma.nunique() > 1:
         sns.lineplot(g, x="gamma", y="final_test_acc", marker="o", errorbar="sd", ax=axes[1])
-        _mark_diverged(axes[1], g, "gamma")
+        mark_diverged(axes[1], g, "gamma")
         axes[1].set_xscale("log")
         axes[1].set_title("FTP γ sensitivity (the spec's τ₁ reading)", fontsize=9)
         axes[1].set_ylabel("test accuracy (%)")
@@ -178,7 +163,7 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
     accuracy); the claims' check on the ``full`` level: at every bit width ≤ 4, each FTP reading's drop from
     its own 32-bit accuracy is smaller than BP's. A reading whose 32-bit run did not learn (below
     ``TRAINED_MIN_ACC``) fails the check: it cannot "keep" an accuracy it never had."""
-    ok = _measured(fin)
+    ok = measured(fin)
     acc = {lvl: {m: {str(b): float(g[g.bits == b].final_test_acc.mean()) for b in sorted(set(g.bits))}
                  for m, g in d.groupby("method")} for lvl, d in ok.groupby("level")}
     out = {"final_test_acc": acc,
@@ -199,11 +184,11 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
 
 
 def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
-    d = _measured(fin)
+    d = measured(fin)
     g = sns.relplot(d, x="bits", y="final_test_acc", hue="method", col="level", kind="line", marker="o",
                     errorbar="sd", height=3.2, aspect=1.15)
     for (level, ax) in g.axes_dict.items():
-        _mark_diverged(ax, d[d.level == level], "bits")
+        mark_diverged(ax, d[d.level == level], "bits")
         ax.set_xscale("log", base=2)
         ticks = sorted(set(d.bits))
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -242,7 +227,7 @@ def run_noise(P: dict, dataset: str, results: str = "results"):
 def noise_metrics(fin: pd.DataFrame) -> dict:
     """Mean final accuracy per kind, method and value; per kind, each method's drop from its clean run to
     the harshest setting, and whether FTP's is smaller than BP's (ftp.md §5 item 2's claim)."""
-    ok, f = _measured(fin), (lambda v: f"{float(v):g}")  # 32 and 32.0 alike; diverged at measured accuracy
+    ok, f = measured(fin), (lambda v: f"{float(v):g}")  # 32 and 32.0 alike; diverged at measured accuracy
     acc = {k: {m: {f(v): float(g[g.value == v].final_test_acc.mean()) for v in sorted(set(g.value))}
                for m, g in d.groupby("method")} for k, d in ok.groupby("kind")}
     out: dict = {"final_test_acc": acc, "diverged": {k: int((d.status != "ok").sum()) for k, d in fin.groupby("kind")},
@@ -260,14 +245,14 @@ def noise_metrics(fin: pd.DataFrame) -> dict:
 
 
 def plot_noise(fin: pd.DataFrame, dataset: str, P: dict | None = None):
-    d = _measured(fin)
+    d = measured(fin)
     kinds = [k for k in NOISE_KINDS if k in set(d.kind)]
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.8 * len(kinds), 3.4), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         sub = d[d.kind == kind]
         sns.lineplot(sub, x="value", y="final_test_acc", hue="method", marker="o", errorbar="sd", ax=ax,
                      legend=ax is axes[0][0])
-        _mark_diverged(ax, sub, "value")
+        mark_diverged(ax, sub, "value")
         if NOISE_KINDS[kind][2] == 32:  # bit widths: fewer bits to the right
             ticks = sorted(set(sub.value))
             ax.set_xscale("log", base=2)
