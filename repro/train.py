@@ -172,11 +172,9 @@ class RunResult:
     model: torch.nn.Module | None = None
 
 
-def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, progress=None) -> RunResult:
-    """Train one config from scratch; returns the record (and the trained model). Does not cache."""
-    cfg = normalize_config(cfg)
-    dev = resolve_device(device)
-    data = data if data is not None else load_data(cfg, dev)
+def build(cfg: dict, dev: torch.device, data: data_mod.Data):
+    """The model (with its hardware model) and the set-up rule of a normalised config, exactly as
+    ``train`` starts them: seeded, so a diagnostic that calls this sees the run's own initial state."""
     torch.manual_seed(cfg["seed"])  # forward init, then the rule's own draws (feedback), then dropout
     model = build_model(cfg["model"], data.n_in, data.n_out).to(dev)
     if model.loss == "bce" and data.task != "classification":
@@ -193,6 +191,15 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
         rule.init_buffer(data.y_train)
     for p in model.parameters():
         p.requires_grad_(rule.needs_autograd)
+    return model, rule
+
+
+def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, progress=None) -> RunResult:
+    """Train one config from scratch; returns the record (and the trained model). Does not cache."""
+    cfg = normalize_config(cfg)
+    dev = resolve_device(device)
+    data = data if data is not None else load_data(cfg, dev)
+    model, rule = build(cfg, dev, data)
     phases = rule.phases(model)
     layerwise = len(phases) > 1  # greedy layer-wise rules: each phase trains one group for `epochs`
     if not layerwise:

@@ -72,6 +72,24 @@ def test_bjorck_gives_orthonormal_rows_or_columns(shape):
     torch.testing.assert_close(q, u @ vh, atol=1e-6, rtol=0)
 
 
+def test_bjorck_tolerance_stops_early_at_the_same_projection(monkeypatch):
+    """bjorck_tol stops once max|AᵀA − I| < tol: a matrix one SGD step off the manifold needs a few
+    iterations, and the result is the 20-iteration projection to ~1e-7; tol = 0 runs every iteration."""
+    torch.manual_seed(0)
+    q = bjorck(torch.randn(64, 48))
+    w = q + 1e-3 * torch.randn_like(q)
+    calls = []
+    real_eye = torch.eye
+    monkeypatch.setattr(torch, "eye", lambda *a, **k: calls.append(1) or real_eye(*a, **k))
+    fast = bjorck(w, tol=1e-6)
+    assert 1 <= len(calls) < 10  # one check per iteration started, far fewer than 20
+    calls.clear()
+    full = bjorck(w)
+    assert calls == []  # tol = 0: no check, all 20 iterations
+    torch.testing.assert_close(fast, full, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fast.t() @ fast, torch.eye(48), atol=2e-6, rtol=0)
+
+
 def test_orthogonalisation_and_ff_refresh_frequencies():
     m, r, b = setup((20, 15, 10), ortho_every=2, ff_every=3)
     opt = torch.optim.SGD(m.parameters(), lr=0.5)
@@ -93,6 +111,8 @@ def test_foton_rejects_bias_and_bad_frequency():
     from repro.models import ConfigError
     with pytest.raises(ConfigError, match="rule.ortho_every=-1"):
         make_rule({"name": "foton", "ortho_every": -1})
+    with pytest.raises(ConfigError, match="rule.bjorck_tol=-0.1"):
+        make_rule({"name": "foton", "bjorck_tol": -0.1})
     m = MLP([5, 4, 3], loss="ce", bias=True)
     with pytest.raises(ConfigError, match="bias=false"):
         make_rule({"name": "foton"}).setup(m, 10)

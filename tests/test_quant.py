@@ -112,3 +112,23 @@ def test_bad_hardware_config(tiny):
         tiny.train(_cfg({"name": "bp"}, {"bit": 4}))
     with pytest.raises(ConfigError, match="bits=1"):
         tiny.train(_cfg({"name": "bp"}, {"bits": 1}))
+
+
+def test_update_sparsity_counts_zero_updates_and_frozen_weights(mirror, monkeypatch):
+    """ftp.md §8 diagnostic. After one step from the run's own init (SGD with momentum: the first step is
+    lr·grad), a float run's weight is unchanged wherever its update is 0 (and in a few more places, where
+    w + lr·g rounds back to w in float32); rounding the learning signals to 2 bits zeroes more updates."""
+    monkeypatch.setenv("REPRO_DATA_MIRROR", str(mirror))
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    P = load_params("ftp_quantized", root / "params.smoke.yaml", {"bits": [32, 2], "methods": ["BP", F.FTP_OS]})
+    sp = F.update_sparsity({**P, "device": "cpu"}, "mnist", steps=1)
+    assert set(sp.method) == {"BP", F.FTP_OS} and set(sp.layer) == {1, 2, 3}
+    fl = sp[sp.bits == 32]
+    assert (fl.frozen >= fl.zero_update - 1e-9).all() and (fl.frozen - fl.zero_update).max() < 1.0
+    assert fl[fl.layer == 1].zero_update.min() > 5  # MNIST's blank border pixels give zero columns
+    for m, g in sp.groupby("method"):
+        assert (g[g.bits == 2].zero_update.values > g[g.bits == 32].zero_update.values).all(), m
+    m = F.sparsity_metrics(sp)
+    assert set(m) == {"zero_update", "frozen"} and len(m["frozen"]["BP"]["2"]) == 3

@@ -204,6 +204,8 @@ def shallow_jobs(P: dict, dataset: str) -> list[dict]:
                 if method in ("FOTON", "BP"):
                     rule = ({"name": "foton", "keep": P["keep"], "ortho_every": P["ortho_every"],
                              "ff_every": P["ff_every"]} if method == "FOTON" else {"name": "bp"})
+                    if method == "FOTON" and P.get("bjorck_tol"):
+                        rule["bjorck_tol"] = P["bjorck_tol"]
                     model = {"init": "orthogonal"}
                     optim = {"name": "sgd", "lr": P["lr"][method]}
                     norm, bs = "standard", P["batch_size"]

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..rules import Batch
 from .common import (budget, final_frame, history_frame, mark_diverged, measured, run_all, run_for_dataset,
                      store_for)
 
@@ -181,6 +182,74 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
             out[f"{key}_degrades_less_than_bp_le4"] = bool(full[m]["32"] >= TRAINED_MIN_ACC
                                                            and all(f < bp for f, bp in drops.values()))
     return out
+
+
+def update_sparsity(P: dict, dataset: str, steps: int = 20, level: str = "full") -> pd.DataFrame:
+    """ftp.md §8: per weight layer, the fraction of update entries that are exactly zero after rounding
+    (``zero_update``: the rule wrote 0 into ``.grad`` — the rounded learning signal vanished) and the
+    fraction of weights left unchanged by the step (``frozen``: optimizer step, then stored-weight
+    rounding), over the first ``steps`` training steps of each quantised run (seed ``P.seeds[0]``),
+    started exactly as the run starts (``train.build``). No training beyond those steps: a diagnostic of
+    the mechanism behind a BP-vs-FTP gap, cheap enough for every bit width."""
+    import torch
+
+    from ..train import build, load_data, make_optimizer, normalize_config, resolve_device
+    jobs = [j for j in quantized_jobs({**P, "seeds": P["seeds"][:1], "levels": [level]}, dataset)]
+    dev = resolve_device(P["device"])
+    data = load_data(normalize_config(jobs[0]["config"]), dev)
+    rows = []
+    for j in jobs:
+        cfg = normalize_config(j["config"])
+        model, rule = build(cfg, dev, data)
+        params = rule.trainable(model)
+        opt, _ = make_optimizer(params, cfg["optim"])
+        perm = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(cfg["seed"])).to(dev)
+        bs = cfg["batch_size"]
+        for s in range(max(1, min(steps, len(perm) // bs))):
+            idx = perm[s * bs:(s + 1) * bs]
+            batch = Batch(idx, data.x_train[idx], data.y_train[idx])
+            before = [p.detach().clone() for p in params]
+            out = rule.step(model, batch)
+            zero = [float((p.grad == 0).float().mean()) if p.grad is not None else 1.0 for p in params]
+            opt.step()
+            if model.hw is not None:
+                model.hw.after_step(params)
+            rule.after_step(model, batch, out)
+            for k, (p, b, z) in enumerate(zip(params, before, zero)):
+                if p.dim() < 2:
+                    continue  # biases: weights only
+                rows.append({"method": j["method"], "bits": j["bits"], "param": k, "step": s,
+                             "zero_update": 100 * z, "frozen": 100 * float((p.detach() == b).float().mean())})
+    d = pd.DataFrame(rows)
+    d["layer"] = d.groupby(["method", "bits"]).param.rank(method="dense").astype(int)
+    return d.groupby(["method", "bits", "layer"], as_index=False)[["zero_update", "frozen"]].mean()
+
+
+def sparsity_metrics(sp: pd.DataFrame) -> dict:
+    """{method: {bits: [per-layer % zero updates]}} and the same for frozen weights."""
+    out = {}
+    for col in ("zero_update", "frozen"):
+        out[col] = {m: {str(b): [round(float(v), 2) for v in gb.sort_values("layer")[col]]
+                        for b, gb in g.groupby("bits")} for m, g in sp.groupby("method")}
+    return out
+
+
+def plot_sparsity(sp: pd.DataFrame, dataset: str, steps: int):
+    d = sp.melt(id_vars=["method", "bits", "layer"], value_vars=["zero_update", "frozen"], var_name="what",
+                value_name="percent")
+    d["what"] = d.what.map({"zero_update": "update entries exactly 0", "frozen": "weights unchanged by the step"})
+    g = sns.relplot(d, x="bits", y="percent", hue="method", col="layer", row="what", kind="line", marker="o",
+                    height=2.6, aspect=1.2, facet_kws={"sharey": False})
+    for ax in g.axes.flat:
+        ax.set_xscale("log", base=2)
+        ticks = sorted(set(d.bits))
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.invert_xaxis()
+    g.set_titles("{row_name}, layer {col_name}", size=8)
+    g.set_axis_labels("bits (32 = float)", "% of the layer's weights")
+    g.figure.suptitle(f"Why quantised training stalls, {dataset}: first {steps} steps from the runs' own init "
+                      "(full level; ftp.md §8)", y=1.03)
+    return g.figure
 
 
 def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):

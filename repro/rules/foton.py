@@ -30,10 +30,16 @@ from .base import Batch, Rule, StepOut, dropout_masks, set_grad
 
 
 @torch.no_grad()
-def bjorck(w: torch.Tensor, iters: int = 20, beta: float = 0.5, power_iters: int = 20) -> torch.Tensor:
+def bjorck(w: torch.Tensor, iters: int = 20, beta: float = 0.5, power_iters: int = 20,
+           tol: float = 0.0) -> torch.Tensor:
     """First-order Björck orthonormalisation towards the polar factor U Vᵀ (a wide matrix ends with
     orthonormal rows). The largest singular value comes from power iteration with a fixed start vector,
-    so the projection is deterministic and draws nothing from the RNG."""
+    so the projection is deterministic and draws nothing from the RNG.
+
+    ``tol`` > 0 stops early, before an iteration, once max|AᵀA − I| < tol (A the tall form): the Gram
+    matrix is computed by the iteration anyway, so the check is free. The iteration converges
+    quadratically, so a matrix that one SGD step moved off the manifold needs ~4 of the 20 iterations;
+    ``tol`` = 0 always runs ``iters`` (the authors' code)."""
     flip = w.shape[0] < w.shape[1]
     a = w.t() if flip else w  # tall: n >= m
     v = torch.ones(a.shape[1], dtype=a.dtype, device=a.device) / a.shape[1] ** 0.5
@@ -44,7 +50,10 @@ def bjorck(w: torch.Tensor, iters: int = 20, beta: float = 0.5, power_iters: int
     # power iteration underestimates σ_max slightly; a 1 % margin keeps every singular value ≤ 1
     a = a / (s * 1.01)
     for _ in range(iters):
-        a = (1 + beta) * a - beta * a @ (a.t() @ a)
+        g = a.t() @ a
+        if tol > 0 and float((g - torch.eye(g.shape[0], dtype=g.dtype, device=g.device)).abs().max()) < tol:
+            break
+        a = (1 + beta) * a - beta * a @ g
     return a.t() if flip else a
 
 
@@ -74,7 +83,8 @@ def cnn_linear(model, x: torch.Tensor) -> torch.Tensor:
 
 class FOTON(Rule):
     name = "foton"
-    PARAMS = {"ortho_every": 1, "ff_every": 1, "bjorck_iters": 20, "keep": 0.9, "tau": 1.0, "low_memory": False}
+    PARAMS = {"ortho_every": 1, "ff_every": 1, "bjorck_iters": 20, "bjorck_tol": 0.0, "keep": 0.9, "tau": 1.0,
+              "low_memory": False}
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -84,6 +94,9 @@ class FOTON(Rule):
                 raise ConfigError(f"rule.{k}={v!r} must be a non-negative integer (0 = never)")
         if not 0 < self.params["keep"] <= 1:
             raise ConfigError(f"rule.keep={self.params['keep']!r} must be in (0, 1]")
+        tol = self.params["bjorck_tol"]
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
+            raise ConfigError(f"rule.bjorck_tol={tol!r} must be a number in [0, 1) (0 = always bjorck_iters)")
 
     def setup(self, model, n_train):
         if any(lin.bias is not None for lin in model.layers):
@@ -186,7 +199,7 @@ class FOTON(Rule):
         if p["ortho_every"] and self.t % p["ortho_every"] == 0:
             for lin in list(getattr(model, "convs", ())) + list(model.layers):
                 w = lin.weight.view(lin.weight.shape[0], -1)  # conv kernels as [c_out, c_in·k·k]
-                lin.weight.copy_(bjorck(w, p["bjorck_iters"]).view_as(lin.weight))
+                lin.weight.copy_(bjorck(w, p["bjorck_iters"], tol=p["bjorck_tol"]).view_as(lin.weight))
         if p["ff_every"] and self.t % p["ff_every"] == 0:
             self.FF = ff_matrix(model)
 
