@@ -234,6 +234,20 @@ def sparsity_metrics(sp: pd.DataFrame) -> dict:
     return out
 
 
+def plot_quantized_loss(hist: pd.DataFrame, dataset: str, level: str = "full"):
+    """Training loss per epoch at each bit width (one level): tells a run that blew up (loss → 10⁶, then
+    stuck at ln 10 with a dead net) from one that stalled (loss flat from the start)."""
+    h = hist[(hist.level == level) & (hist.epoch >= 1)]
+    g = sns.relplot(h, x="epoch", y="train_loss", hue="method", col="bits", col_wrap=4, kind="line", marker=".",
+                    height=2.4, aspect=1.2, errorbar=None, col_order=sorted(set(h.bits), reverse=True),
+                    facet_kws={"sharey": False})
+    g.set(yscale="log")
+    g.set_titles("{col_name} bits", size=9)
+    g.set_axis_labels("epoch", "training loss (log)")
+    g.figure.suptitle(f"Training loss under quantisation ({level} level), {dataset}", y=1.03)
+    return g.figure
+
+
 def plot_sparsity(sp: pd.DataFrame, dataset: str, steps: int):
     d = sp.melt(id_vars=["method", "bits", "layer"], value_vars=["zero_update", "frozen"], var_name="what",
                 value_name="percent")
@@ -247,7 +261,7 @@ def plot_sparsity(sp: pd.DataFrame, dataset: str, steps: int):
         ax.invert_xaxis()
     g.set_titles("{row_name}, layer {col_name}", size=8)
     g.set_axis_labels("bits (32 = float)", "% of the layer's weights")
-    g.figure.suptitle(f"Why quantised training stalls, {dataset}: first {steps} steps from the runs' own init "
+    g.figure.suptitle(f"Updates zeroed by rounding, {dataset}: first {steps} steps from the runs' own init "
                       "(full level; ftp.md §8)", y=1.03)
     return g.figure
 
