@@ -111,8 +111,10 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| claim | paper | reported | reproduced | Δ | tolerance | status |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         rep = fmt(r.get("reported"), r) if r["kind"] != "bool" else r.get("text_reported", "yes")
-        lines.append(f"| {r['what']} | {r['paper']} | {rep}{' (derived)' if r.get('derived') else ''} | "
-                     f"{fmt(r['value'], r)} {r['spread']} | {fmt(r['delta'], r)} | {r['tol']} | {r['status']} |")
+        cells = [r["what"], r["paper"], f"{rep}{' (derived)' if r.get('derived') else ''}",
+                 f"{fmt(r['value'], r)} {r['spread']}", fmt(r["delta"], r), r["tol"], r["status"]]
+        # a "|" inside a cell (e.g. "max |Δ|") would split it: escape it
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
 

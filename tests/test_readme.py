@@ -19,6 +19,14 @@ def test_readme_claims_table_matches_committed_metrics():
     assert block(readme, "claims") == claims.markdown(rows), "run `make readme`"
 
 
+def test_claims_table_rows_have_seven_cells_even_with_pipes_in_the_text():
+    import re
+    rows = claims.table(ROOT / "claims.yaml", ROOT)
+    rows.append({**rows[0], "what": "max |Δ| of medians"})
+    for line in claims.markdown(rows).splitlines():
+        assert len(re.split(r"(?<!\\)\|", line)) == 9, line  # 7 cells between 8 unescaped pipes
+
+
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
