@@ -245,7 +245,7 @@ def shallow_metrics(fin: pd.DataFrame) -> dict:
 REPORTED_SHALLOW = {"mnist": 98.32, "cifar10": 55.70, "cifar100": 28.48}
 
 
-def plot_shallow(hist: pd.DataFrame, dataset: str):
+def plot_shallow(hist: pd.DataFrame, dataset: str, P: dict | None = None):
     fig, ax = plt.subplots(figsize=(8, 4.5))
     h = hist[hist.epoch >= 1]
     sns.lineplot(h, x="epoch", y="test_acc", hue="method", errorbar=("pi", 100), ax=ax)
@@ -254,7 +254,8 @@ def plot_shallow(hist: pd.DataFrame, dataset: str):
     lo = float(h.test_acc.quantile(0.05))
     ax.set_ylim(max(0.0, lo - 2), min(100.0, max(float(h.test_acc.max()), REPORTED_SHALLOW.get(dataset, 0.0)) + 1))
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"FOTON shallow FC nets, {dataset}: both readings of '2-layer'")
+    ax.set_title(f"FOTON shallow FC nets, {dataset}: both readings of '2-layer'"
+                 + (f"\n{budget(P, '100 epochs, ≥ 3 seeds')}" if P else ""), fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
