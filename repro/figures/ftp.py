@@ -8,8 +8,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 
 from ..rules import Batch
+from ..train import build, load_data, make_optimizer, normalize_config, resolve_device
 from .common import (budget, final_frame, history_frame, mark_diverged, measured, run_all, run_for_dataset,
                      store_for)
 
@@ -191,10 +193,7 @@ def update_sparsity(P: dict, dataset: str, steps: int = 20, level: str = "full")
     rounding), over the first ``steps`` training steps of each quantised run (seed ``P.seeds[0]``),
     started exactly as the run starts (``train.build``). No training beyond those steps: a diagnostic of
     the mechanism behind a BP-vs-FTP gap, cheap enough for every bit width."""
-    import torch
-
-    from ..train import build, load_data, make_optimizer, normalize_config, resolve_device
-    jobs = [j for j in quantized_jobs({**P, "seeds": P["seeds"][:1], "levels": [level]}, dataset)]
+    jobs = quantized_jobs({**P, "seeds": P["seeds"][:1], "levels": [level]}, dataset)
     dev = resolve_device(P["device"])
     data = load_data(normalize_config(jobs[0]["config"]), dev)
     rows = []
