@@ -280,3 +280,24 @@ def test_frequency_check_every_depth_with_margin_and_divergence():
                                  ("FOTON o=100 ff=100", 50, "ok", 30.0)]))
     assert div["frequent_not_worse_at_depth"] is False  # diverged counts at chance
     assert "frequent_not_worse_at_depth" not in ff.metrics(fin([("BP", 50, "ok", 99.0)]))
+
+
+def test_lr_sweep_jobs_share_the_tables_runs_and_change_only_the_lr():
+    from repro.figures import foton as ff
+    from repro.figures.common import load_params
+    from repro.train import normalize_config, run_key
+    P = load_params("foton_shallow", "params.smoke.yaml")
+    P = {**P, "lr_sweep": {"reading": "2x256", "methods": ["FOTON", "BP"], "lrs": [0.05, 0.5, 2.0]}}
+    jobs = ff.shallow_jobs(P, "mnist")
+    table = [j for j in jobs if j["part"] == "table"]
+    sweep = [j for j in jobs if j["part"] == "lr_sweep"]
+    keys = [run_key(normalize_config(j["config"])) for j in jobs]
+    assert len(set(keys)) == len(keys)  # the grid points the table already has are not repeated
+    # FOTON's table lr is 0.5 (→ 0.05, 2.0 added), BP's is 0.05 (→ 0.5, 2.0 added); 1x1024 untouched
+    assert sorted((j["method"], j["lr"]) for j in sweep) == [("BP 2x256", 0.5), ("BP 2x256", 2.0),
+                                                              ("FOTON 2x256", 0.05), ("FOTON 2x256", 2.0)]
+    for j in sweep:
+        t = next(t for t in table if t["method"] == j["method"])
+        c = copy.deepcopy(j["config"]); c["optim"]["lr"] = t["config"]["optim"]["lr"]
+        assert c == t["config"]
+    assert len(ff.shallow_jobs({**P, "lr_sweep": None}, "mnist")) == len(table)

@@ -6,6 +6,8 @@ ReLU, orthogonal init, no bias, dropout 0.1 shared by both passes, plain SGD; th
 """
 from __future__ import annotations
 
+import copy
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -222,7 +224,29 @@ def shallow_jobs(P: dict, dataset: str) -> list[dict]:
                                  **model},
                        "rule": rule, "optim": optim, "epochs": P["epochs"], "batch_size": bs, "seed": seed}
                 label = method if reading == P["primary"] else f"{method} {reading}"
-                jobs.append({"dataset": dataset, "reading": reading, "method": label, "seed": seed, "config": cfg})
+                jobs.append({"dataset": dataset, "reading": reading, "method": label, "seed": seed,
+                             "lr": optim["lr"], "part": "table", "config": cfg})
+    return jobs + _lr_sweep_jobs(P, jobs)
+
+
+def _lr_sweep_jobs(P: dict, table: list[dict]) -> list[dict]:
+    """foton.md §6 item 3: the learning rate per dataset is unknown (the code's default 0.5 is one point),
+    so FOTON and BP train on the grid ``lr_sweep.lrs`` for one reading, the rest of the config as the
+    table's. The table's own runs are the grid points they share (same config, same cached run)."""
+    S = P.get("lr_sweep")
+    if not S:
+        return []
+    jobs = []
+    for j in table:
+        base = j["method"].split(" ")[0]
+        if j["reading"] != S["reading"] or base not in S["methods"]:
+            continue
+        for lr in S["lrs"]:
+            if float(lr) == float(j["lr"]):
+                continue
+            cfg = copy.deepcopy(j["config"])
+            cfg["optim"]["lr"] = float(lr)
+            jobs.append({**j, "lr": float(lr), "part": "lr_sweep", "config": cfg})
     return jobs
 
 
@@ -233,12 +257,57 @@ def run_shallow(P: dict, dataset: str, results: str = "results"):
 def shallow_metrics(fin: pd.DataFrame) -> dict:
     """Final and best-epoch test accuracy per method (and reading), mean ± std over seeds."""
     from .common import agg
-    ok = fin[fin.status == "ok"]
-    out = {"final_test_acc": {}, "best_test_acc": {}, "diverged_runs": int((fin.status != "ok").sum())}
+    tab = fin[fin.part == "table"] if "part" in fin else fin
+    ok = tab[tab.status == "ok"]
+    out = {"final_test_acc": {}, "best_test_acc": {}, "diverged_runs": int((tab.status != "ok").sum())}
     for m, g in ok.groupby("method"):
         out["final_test_acc"][m] = agg(g.final_test_acc)
         out["best_test_acc"][m] = agg(g.best_test_acc)
+    sw = lr_sweep_frame(fin)
+    if len(sw):  # per method and lr: final / best test accuracy (diverged runs at their measured value)
+        out["lr_sweep"] = {m: {f"{lr:g}": {"final": agg(g.final_test_acc), "best": agg(g.best_test_acc),
+                                           "diverged": int((g.status != "ok").sum())}
+                               for lr, g in gm.groupby("lr")} for m, gm in sw.groupby("method")}
+        fo = [m for m in out["lr_sweep"] if m.startswith("FOTON")]
+        if fo:  # the grid point with the highest mean final accuracy (selected on the test set, as the code)
+            best = max(out["lr_sweep"][fo[0]].items(), key=lambda kv: kv[1]["final"]["mean"])
+            out["lr_sweep_best_foton"] = {"lr": float(best[0]), "final_test_acc": best[1]["final"]["mean"],
+                                          "best_test_acc": best[1]["best"]["mean"]}
     return out
+
+
+def lr_sweep_frame(fin: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the lr sweep's reading and methods: its own jobs plus the table runs it shares."""
+    if "part" not in fin or not (fin.part == "lr_sweep").any():
+        return fin.iloc[0:0]
+    sw = fin[fin.part == "lr_sweep"]
+    keys = set(zip(sw.reading, sw.method))
+    return measured(fin[[(r, m) in keys for r, m in zip(fin.reading, fin.method)]])
+
+
+def plot_lr_sweep(fin: pd.DataFrame, dataset: str, P: dict | None = None):
+    """Final (solid) and best-epoch (dotted) test accuracy against the learning rate, per method."""
+    d = lr_sweep_frame(fin)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    long = pd.concat([d.assign(metric="final", acc=d.final_test_acc), d.assign(metric="best epoch", acc=d.best_test_acc)],
+                     ignore_index=True)
+    sns.lineplot(long, x="lr", y="acc", hue="method", style="metric", markers=True, errorbar=("pi", 100), ax=ax)
+    mark_diverged(ax, d, "lr")
+    if dataset in REPORTED_SHALLOW:
+        ax.axhline(REPORTED_SHALLOW[dataset], color="gold", ls="--", lw=1.2, label="paper: FOTON 2-layer")
+    ax.set_xscale("log")
+    lrs = sorted(set(d.lr))
+    ax.set_xticks(lrs, [f"{v:g}" for v in lrs])
+    ax.minorticks_off()
+    ax.set_xlabel("learning rate (plain SGD, constant for FOTON and BP)")
+    ax.set_ylabel("test accuracy (%)")
+    lo = float(long.acc.min()) if len(long) else 0.0
+    ax.set_ylim(max(0.0, lo - 1), 100.0)
+    ax.set_title(f"FOTON vs BP learning rate, {dataset}" + (f" ({P['lr_sweep']['reading']})" if P else "")
+                 + (f"\n{budget(P, '100 epochs, ≥ 3 seeds')}" if P else ""), fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 # foton.md §4: FOTON's reported 2-layer accuracies (which reading they used is unknown)
@@ -247,7 +316,7 @@ REPORTED_SHALLOW = {"mnist": 98.32, "cifar10": 55.70, "cifar100": 28.48}
 
 def plot_shallow(hist: pd.DataFrame, dataset: str, P: dict | None = None):
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    h = hist[hist.epoch >= 1]
+    h = hist[(hist.epoch >= 1) & ((hist.part == "table") if "part" in hist else True)]
     sns.lineplot(h, x="epoch", y="test_acc", hue="method", errorbar=("pi", 100), ax=ax)
     if dataset in REPORTED_SHALLOW:
         ax.axhline(REPORTED_SHALLOW[dataset], color="gold", ls="--", lw=1.2, label="paper: FOTON 2-layer")
