@@ -194,6 +194,21 @@ def build(cfg: dict, dev: torch.device, data: data_mod.Data):
     return model, rule
 
 
+def train_step(model, rule, opt, batch: Batch, params, inspect=None):
+    """One training step, in the order every run takes it: the rule writes the update into ``.grad``
+    (``inspect(out)`` sees it there, before anything moves: alignment, update sparsity), the optimizer
+    steps, the hardware model stores the weights (rounding, write noise), then the rule's post-step work
+    (Björck, 𝔽 refresh, error buffers). ``params``: what the optimizer trains. Returns the rule's output."""
+    out = rule.step(model, batch)
+    if inspect is not None:
+        inspect(out)
+    opt.step()
+    if model.hw is not None:
+        model.hw.after_step(params)
+    rule.after_step(model, batch, out)
+    return out
+
+
 def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, progress=None) -> RunResult:
     """Train one config from scratch; returns the record (and the trained model). Does not cache."""
     cfg = normalize_config(cfg)
@@ -231,6 +246,7 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
         if layerwise:
             rule.begin_phase(model, phase, data)
             opt, sched = make_optimizer(group, cfg["optim"])  # a fresh optimizer per layer
+        params = group if layerwise else rule.trainable(model)
         for _ in range(cfg["epochs"]):
             epoch += 1
             ts = time.perf_counter()
@@ -241,14 +257,10 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
             for s in range(0, n, bs):
                 idx = perm[s:s + bs]
                 batch = Batch(idx, data.x_train[idx], data.y_train[idx])
-                out = rule.step(model, batch)
                 step_no += 1
-                if cfg["align_every"] and step_no % cfg["align_every"] == 0:
-                    aligns.append(bp_alignment(model, batch, out.extras.get("masks")))
-                opt.step()
-                if model.hw is not None:
-                    model.hw.after_step(group if layerwise else rule.trainable(model))
-                rule.after_step(model, batch, out)
+                measure = cfg["align_every"] and step_no % cfg["align_every"] == 0
+                out = train_step(model, rule, opt, batch, params, inspect=(
+                    (lambda o: aligns.append(bp_alignment(model, batch, o.extras.get("masks")))) if measure else None))
                 loss_sum += out.loss * len(idx)
             if sched is not None:
                 sched.step()

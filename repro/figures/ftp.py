@@ -11,7 +11,7 @@ import seaborn as sns
 import torch
 
 from ..rules import Batch
-from ..train import build, load_data, make_optimizer, normalize_config, resolve_device
+from ..train import build, load_data, make_optimizer, normalize_config, resolve_device, train_step
 from .common import (budget, final_frame, history_frame, mark_diverged, measured, run_all, run_for_dataset,
                      store_for)
 
@@ -208,12 +208,9 @@ def update_sparsity(P: dict, dataset: str, steps: int = 20, level: str = "full")
             idx = perm[s * bs:(s + 1) * bs]
             batch = Batch(idx, data.x_train[idx], data.y_train[idx])
             before = [p.detach().clone() for p in params]
-            out = rule.step(model, batch)
-            zero = [float((p.grad == 0).float().mean()) if p.grad is not None else 1.0 for p in params]
-            opt.step()
-            if model.hw is not None:
-                model.hw.after_step(params)
-            rule.after_step(model, batch, out)
+            zero = []
+            train_step(model, rule, opt, batch, params, inspect=lambda o: zero.extend(
+                float((p.grad == 0).float().mean()) if p.grad is not None else 1.0 for p in params))
             for k, (p, b, z) in enumerate(zip(params, before, zero)):
                 if p.dim() < 2:
                     continue  # biases: weights only
