@@ -233,3 +233,27 @@ def test_diverged_runs_count_at_chance_and_an_untrained_ftp_cannot_be_robust():
     assert q["ftp_os_degrades_less_than_bp_le4"] is True  # 7 < 18 and 37 < 58
     rows[-1] = row(F.FTP_OS, 2, 30.0)
     assert F.quantized_metrics(pd.DataFrame(rows))["ftp_os_degrades_less_than_bp_le4"] is False
+
+
+def test_noise_robustness_is_judged_where_a_method_still_learns():
+    """Both at chance at the harshest setting says nothing: FTP's lower clean accuracy would 'drop less'."""
+    import pandas as pd
+    from repro.figures import ftp as F
+    os_ = F.FTP_OS
+
+    def fin(rows):
+        return pd.DataFrame([{"kind": "write_noise", "method": m, "value": v, "seed": 1, "status": "ok",
+                              "final_test_acc": a} for m, v, a in rows])
+    # both collapse at 0.1; at 0.02 BP still learns and FTP does not → not more robust
+    m = F.noise_metrics(fin([("BP", 0.0, 98.0), ("BP", 0.02, 90.0), ("BP", 0.1, 9.8),
+                             (os_, 0.0, 97.0), (os_, 0.02, 10.0), (os_, 0.1, 9.8)]))
+    assert m["compared_at"]["write_noise"][os_] == 0.02
+    assert m["ftp_os_more_robust_write_noise"] is False
+    assert m["drop_at_harshest"]["write_noise"][os_] < m["drop_at_harshest"]["write_noise"]["BP"]  # the trap
+    # FTP keeps learning where BP collapses → more robust
+    m = F.noise_metrics(fin([("BP", 0.0, 98.0), ("BP", 0.02, 20.0), ("BP", 0.1, 9.8),
+                             (os_, 0.0, 97.0), (os_, 0.02, 80.0), (os_, 0.1, 9.8)]))
+    assert m["compared_at"]["write_noise"][os_] == 0.02 and m["ftp_os_more_robust_write_noise"] is True
+    # every noisy setting at chance for both → robustness not shown
+    m = F.noise_metrics(fin([("BP", 0.0, 98.0), ("BP", 0.1, 9.8), (os_, 0.0, 97.0), (os_, 0.1, 9.8)]))
+    assert m["compared_at"]["write_noise"][os_] is None and m["ftp_os_more_robust_write_noise"] is False
