@@ -301,3 +301,20 @@ def test_lr_sweep_jobs_share_the_tables_runs_and_change_only_the_lr():
         c = copy.deepcopy(j["config"]); c["optim"]["lr"] = t["config"]["optim"]["lr"]
         assert c == t["config"]
     assert len(ff.shallow_jobs({**P, "lr_sweep": None}, "mnist")) == len(table)
+
+
+def test_bjorck_control_is_bps_config_with_the_projection():
+    from repro.figures import foton as ff
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    P = load_params("foton_shallow", "params.smoke.yaml")
+    P = {**P, "lr_sweep": {"reading": "2x256", "methods": ["BP+Björck"], "lrs": [0.05, 0.5]}}
+    jobs = ff.shallow_jobs(P, "mnist")
+    ctl = [j for j in jobs if j["method"] == "BP+Björck 2x256"]
+    bp = next(j for j in jobs if j["method"] == "BP 2x256")
+    assert [j["lr"] for j in ctl] == [0.05, 0.5]  # every grid point: the table has no such run
+    for j in ctl:
+        assert j["config"]["rule"] == {"name": "bp", "ortho_every": 1, "bjorck_tol": P["bjorck_tol"]}
+        assert {**j["config"], "rule": None, "optim": None} == {**bp["config"], "rule": None, "optim": None}
+    with pytest.raises(ConfigError, match="lr_sweep.methods"):
+        ff.shallow_jobs({**P, "methods": ["FOTON"]}, "mnist")

@@ -396,3 +396,32 @@ def test_cnn_feedback_rules_reject_what_they_do_not_implement():
         make_rule({"name": "pepita"}).setup(plain, 8)
     with pytest.raises(ConfigError, match="MLPs only"):
         make_rule({"name": "pepita_wm"}).setup(plain, 8)
+
+
+def test_bp_with_bjorck_keeps_the_gradient_and_projects_every_weight_after_the_step():
+    """foton.md §6 item 10: BP with per-step Björck projection — the update is plain BP's; after the optimizer
+    step every weight matrix has orthonormal rows (non-increasing widths) again."""
+    from repro.models import ConfigError, build_model
+    from repro.rules.foton import bjorck
+    torch.manual_seed(0)
+    m = build_model({"arch": "mlp", "widths": [16, 12], "act": "relu", "loss": "ce", "bias": False,
+                     "init": "orthogonal"}, 20, 10)
+    plain = copy.deepcopy(m)
+    b = Batch(torch.arange(8), torch.randn(8, 20), torch.eye(10)[torch.randint(0, 10, (8,))])
+    r, r0 = setup_rule({"name": "bp", "ortho_every": 1, "bjorck_tol": 1e-7}, m), setup_rule({"name": "bp"}, plain)
+    out, out0 = r.step(m, b), r0.step(plain, b)
+    for a, e in zip(grads(m), grads(plain)):
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+    with torch.no_grad():
+        for p, p0 in zip(m.parameters(), plain.parameters()):
+            p -= 0.5 * p.grad
+            p0 -= 0.5 * p0.grad
+    r.after_step(m, b, out)
+    r0.after_step(plain, b, out0)
+    for lin, lin0 in zip(m.layers, plain.layers):
+        w = lin.weight.detach()
+        torch.testing.assert_close(w @ w.t(), torch.eye(w.shape[0]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(w, bjorck(lin0.weight.detach(), tol=1e-7))  # projected from the plain step
+        assert not torch.allclose(lin0.weight @ lin0.weight.t(), torch.eye(w.shape[0]), atol=1e-3)  # plain BP is off
+    with pytest.raises(ConfigError, match="rule.ortho_every"):
+        make_rule({"name": "bp", "ortho_every": -1})

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..models import ConfigError
 from .common import (budget, final_frame, history_frame, mark_diverged, measured, run_all, run_for_dataset,
                      store_for)
 
@@ -192,6 +193,9 @@ def plot_alignment(hist: pd.DataFrame, P: dict | None = None):
 
 
 # ------------------------------------------------------------------------- shallow table (E1, §6.1)
+BJORCK_CONTROL = "BP+Björck"
+
+
 def shallow_jobs(P: dict, dataset: str) -> list[dict]:
     """foton.md §3.2 E1: FOTON, BP, PEPITA, PEPITA+WM on shallow FC nets, for both readings of "2-layer"
     (§6 item 1): ``readings`` maps a label to hidden widths, e.g. 1x1024 (2 weight layers, the PEPITA
@@ -231,22 +235,33 @@ def shallow_jobs(P: dict, dataset: str) -> list[dict]:
 
 def _lr_sweep_jobs(P: dict, table: list[dict]) -> list[dict]:
     """foton.md §6 item 3: the learning rate per dataset is unknown (the code's default 0.5 is one point),
-    so FOTON and BP train on the grid ``lr_sweep.lrs`` for one reading, the rest of the config as the
-    table's. The table's own runs are the grid points they share (same config, same cached run)."""
+    so the methods of ``lr_sweep`` train on the grid ``lr_sweep.lrs`` for one reading, the rest of the
+    config as the table's; the table's own runs are the grid points they share (same config, same cached
+    run). ``BP+Björck`` (foton.md §6 item 10: BP with the per-step Björck projection FOTON uses) is BP's
+    table config with the projection added: it separates what the orthogonality constraint costs from
+    what FOTON's forward-only update costs."""
     S = P.get("lr_sweep")
     if not S:
         return []
     jobs = []
-    for j in table:
-        base = j["method"].split(" ")[0]
-        if j["reading"] != S["reading"] or base not in S["methods"]:
-            continue
-        for lr in S["lrs"]:
-            if float(lr) == float(j["lr"]):
+    for m in S["methods"]:
+        base = "BP" if m == BJORCK_CONTROL else m
+        if base not in P["methods"]:
+            raise ConfigError(f"foton_shallow.lr_sweep.methods: {m!r} needs {base!r} in foton_shallow.methods")
+        for j in table:
+            if j["reading"] != S["reading"] or j["method"].split(" ")[0] != base:
                 continue
-            cfg = copy.deepcopy(j["config"])
-            cfg["optim"]["lr"] = float(lr)
-            jobs.append({**j, "lr": float(lr), "part": "lr_sweep", "config": cfg})
+            for lr in S["lrs"]:
+                if m == base and float(lr) == float(j["lr"]):
+                    continue
+                cfg = copy.deepcopy(j["config"])
+                cfg["optim"]["lr"] = float(lr)
+                label = j["method"]
+                if m == BJORCK_CONTROL:
+                    cfg["rule"] = {"name": "bp", "ortho_every": P["ortho_every"] or 1,
+                                   **({"bjorck_tol": P["bjorck_tol"]} if P.get("bjorck_tol") else {})}
+                    label = m if j["reading"] == P["primary"] else f"{m} {j['reading']}"
+                jobs.append({**j, "method": label, "lr": float(lr), "part": "lr_sweep", "config": cfg})
     return jobs
 
 
@@ -268,11 +283,16 @@ def shallow_metrics(fin: pd.DataFrame) -> dict:
         out["lr_sweep"] = {m: {f"{lr:g}": {"final": agg(g.final_test_acc), "best": agg(g.best_test_acc),
                                            "diverged": int((g.status != "ok").sum())}
                                for lr, g in gm.groupby("lr")} for m, gm in sw.groupby("method")}
-        fo = [m for m in out["lr_sweep"] if m.startswith("FOTON")]
-        if fo:  # the grid point with the highest mean final accuracy (selected on the test set, as the code)
-            best = max(out["lr_sweep"][fo[0]].items(), key=lambda kv: kv[1]["final"]["mean"])
-            out["lr_sweep_best_foton"] = {"lr": float(best[0]), "final_test_acc": best[1]["final"]["mean"],
-                                          "best_test_acc": best[1]["best"]["mean"]}
+        # per method, the grid point with the highest mean final accuracy (chosen on the test set, as the
+        # authors' code chooses its epoch)
+        out["lr_sweep_best"] = {}
+        for m, per in out["lr_sweep"].items():
+            lr, b = max(per.items(), key=lambda kv: kv[1]["final"]["mean"])
+            out["lr_sweep_best"][m] = {"lr": float(lr), "final_test_acc": b["final"]["mean"],
+                                       "best_test_acc": b["best"]["mean"]}
+        fo = [m for m in out["lr_sweep_best"] if m.split(" ")[0] == "FOTON"]
+        if fo:
+            out["lr_sweep_best_foton"] = out["lr_sweep_best"][fo[0]]
     return out
 
 
