@@ -308,7 +308,7 @@ def lr_sweep_frame(fin: pd.DataFrame) -> pd.DataFrame:
 def plot_lr_sweep(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     """Final (solid) and best-epoch (dotted) test accuracy against the learning rate, per method."""
     d = lr_sweep_frame(fin)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     long = pd.concat([d.assign(metric="final", acc=d.final_test_acc), d.assign(metric="best epoch", acc=d.best_test_acc)],
                      ignore_index=True)
     sns.lineplot(long, x="lr", y="acc", hue="method", style="metric", markers=True, errorbar=("pi", 100), ax=ax)
@@ -321,11 +321,23 @@ def plot_lr_sweep(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     ax.minorticks_off()
     ax.set_xlabel("learning rate (plain SGD, constant for FOTON and BP)")
     ax.set_ylabel("test accuracy (%)")
-    lo = float(long.acc.min()) if len(long) else 0.0
-    ax.set_ylim(max(0.0, lo - 1), 100.0)
+    # the informative range is the top few points; runs far below (large lr) are drawn as ▼ at the bottom edge
+    # with their value, so they do not squash the rest
+    good = long.acc[long.acc >= 90.0]
+    lo = (float(good.min()) if len(good) else float(long.acc.min()) if len(long) else 0.0) - 1.0
+    hi = max(float(long.acc.max()) if len(long) else 100.0, REPORTED_SHALLOW.get(dataset, 0.0)) + 0.5
+    ax.set_ylim(lo, min(100.0, hi))
+    lines = []
+    for (lr, m), g in long[long.acc < lo].groupby(["lr", "method"]):
+        vals = ", ".join(f"{r.metric} {r.acc:.1f}" for r in g.drop_duplicates("metric").itertuples())
+        lines.append(f"lr {lr:g}, {m}: {vals}" + (" (diverged)" if (d[(d.lr == lr) & (d.method == m)].status
+                                                                   != "ok").any() else ""))
+    if lines:
+        ax.text(0.02, 0.03, "below the axis:\n" + "\n".join(lines), transform=ax.transAxes, fontsize=7,
+                color="0.3", va="bottom")
     ax.set_title(f"FOTON vs BP learning rate, {dataset}" + (f" ({P['lr_sweep']['reading']})" if P else "")
                  + (f"\n{budget(P, '100 epochs, ≥ 3 seeds')}" if P else ""), fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
 
