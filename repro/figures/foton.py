@@ -321,8 +321,8 @@ def plot_lr_sweep(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     ax.minorticks_off()
     ax.set_xlabel("learning rate (plain SGD, constant for FOTON and BP)")
     ax.set_ylabel("test accuracy (%)")
-    # the informative range is the top few points; runs far below (large lr) are drawn as ▼ at the bottom edge
-    # with their value, so they do not squash the rest
+    # the informative range is the top few points; runs far below (large lr) are listed as text in a corner,
+    # so they do not squash the rest
     good = long.acc[long.acc >= 90.0]
     lo = (float(good.min()) if len(good) else float(long.acc.min()) if len(long) else 0.0) - 1.0
     hi = max(float(long.acc.max()) if len(long) else 100.0, REPORTED_SHALLOW.get(dataset, 0.0)) + 0.5

@@ -6,8 +6,6 @@ which separates what the orthogonality constraint costs from what FOTON's forwar
 Default 0: plain BP."""
 from __future__ import annotations
 
-import torch
-
 from ..models import ConfigError, loss_value
 from .base import Batch, Rule, StepOut
 
@@ -19,13 +17,8 @@ class BP(Rule):
 
     def __init__(self, **params):
         super().__init__(**params)
-        for k in ("ortho_every", "bjorck_iters"):
-            v = self.params[k]
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ConfigError(f"rule.{k}={v!r} must be a non-negative integer (0 = never)")
-        tol = self.params["bjorck_tol"]
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
-            raise ConfigError(f"rule.bjorck_tol={tol!r} must be a number in [0, 1) (0 = always bjorck_iters)")
+        from .foton import check_bjorck_params
+        check_bjorck_params(self.params)
         self.t = 0
 
     def setup(self, model, n_train):
@@ -41,14 +34,11 @@ class BP(Rule):
         loss.backward()
         return StepOut(loss.detach(), y.detach())
 
-    @torch.no_grad()
     def after_step(self, model, batch, out):
         every = self.params["ortho_every"]
         if not every:
             return
         self.t += 1
         if self.t % every == 0:
-            from .foton import bjorck
-            for lin in list(getattr(model, "convs", ())) + list(model.layers):
-                w = lin.weight.view(lin.weight.shape[0], -1)
-                lin.weight.copy_(bjorck(w, self.params["bjorck_iters"], tol=self.params["bjorck_tol"]).view_as(lin.weight))
+            from .foton import project_all
+            project_all(model, self.params["bjorck_iters"], self.params["bjorck_tol"])

@@ -57,6 +57,25 @@ def bjorck(w: torch.Tensor, iters: int = 20, beta: float = 0.5, power_iters: int
     return a.t() if flip else a
 
 
+def check_bjorck_params(params: dict) -> None:
+    """One clear error for bad ``ortho_every`` / ``bjorck_iters`` / ``bjorck_tol`` (FOTON, BP+Björck)."""
+    for k in ("ortho_every", "bjorck_iters"):
+        v = params[k]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"rule.{k}={v!r} must be a non-negative integer (0 = never)")
+    tol = params["bjorck_tol"]
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
+        raise ConfigError(f"rule.bjorck_tol={tol!r} must be a number in [0, 1) (0 = always bjorck_iters)")
+
+
+@torch.no_grad()
+def project_all(model, iters: int = 20, tol: float = 0.0) -> None:
+    """Björck-project every weight of an MLP/CNN in place (conv kernels as [c_out, c_in·k·k])."""
+    for lin in list(getattr(model, "convs", ())) + list(model.layers):
+        w = lin.weight.view(lin.weight.shape[0], -1)
+        lin.weight.copy_(bjorck(w, iters, tol=tol).view_as(lin.weight))
+
+
 def ff_matrix(model) -> torch.Tensor:
     """𝔽 = W_L ⋯ W_1 (C × d0); for a CNN, the linearised network applied to the d0 basis images."""
     if len(getattr(model, "convs", ())):
@@ -88,15 +107,12 @@ class FOTON(Rule):
 
     def __init__(self, **params):
         super().__init__(**params)
-        for k in ("ortho_every", "ff_every", "bjorck_iters"):
-            v = self.params[k]
-            if not isinstance(v, int) or v < 0:
-                raise ConfigError(f"rule.{k}={v!r} must be a non-negative integer (0 = never)")
+        v = self.params["ff_every"]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"rule.ff_every={v!r} must be a non-negative integer (0 = never)")
+        check_bjorck_params(self.params)
         if not 0 < self.params["keep"] <= 1:
             raise ConfigError(f"rule.keep={self.params['keep']!r} must be in (0, 1]")
-        tol = self.params["bjorck_tol"]
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
-            raise ConfigError(f"rule.bjorck_tol={tol!r} must be a number in [0, 1) (0 = always bjorck_iters)")
 
     def setup(self, model, n_train):
         if any(lin.bias is not None for lin in model.layers):
@@ -197,9 +213,7 @@ class FOTON(Rule):
         self.t += 1
         p = self.params
         if p["ortho_every"] and self.t % p["ortho_every"] == 0:
-            for lin in list(getattr(model, "convs", ())) + list(model.layers):
-                w = lin.weight.view(lin.weight.shape[0], -1)  # conv kernels as [c_out, c_in·k·k]
-                lin.weight.copy_(bjorck(w, p["bjorck_iters"], tol=p["bjorck_tol"]).view_as(lin.weight))
+            project_all(model, p["bjorck_iters"], p["bjorck_tol"])
         if p["ff_every"] and self.t % p["ff_every"] == 0:
             self.FF = ff_matrix(model)
 
