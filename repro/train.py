@@ -417,7 +417,8 @@ def sweep(configs: list[dict], store: RunStore, device: str = "auto", workers: i
           threads: int | None = None, progress: bool = True, desc: str = "sweep") -> list[dict]:
     """Run every config not already in the store; return all records in order.
 
-    ``workers > 1`` trains runs in parallel processes (``threads`` torch threads each, default 1).
+    ``workers > 1`` trains runs in parallel processes (``threads`` torch threads each, default 1); on CUDA the
+    processes share the card (these small nets are bound by kernel launches, not by the GPU's arithmetic).
     The progress bar counts optimisation steps over all pending runs, so its ETA covers the sweep.
     """
     from tqdm.auto import tqdm
@@ -432,7 +433,7 @@ def sweep(configs: list[dict], store: RunStore, device: str = "auto", workers: i
     total = sum(_steps(configs[i]) for i in todo.values())
     bar = tqdm(total=total, desc=f"{desc}: {len(todo)} to train, {len(configs) - len(pending)} cached",
                unit="step", disable=not progress or not todo, mininterval=2.0)
-    if workers == 1 or len(todo) <= 1 or resolve_device(device).type == "cuda":
+    if workers == 1 or len(todo) <= 1:
         for i in todo.values():
             run_cached(configs[i], store, device, progress=bar.update)
     else:
