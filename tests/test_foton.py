@@ -318,3 +318,49 @@ def test_bjorck_control_is_bps_config_with_the_projection():
         assert {**j["config"], "rule": None, "optim": None} == {**bp["config"], "rule": None, "optim": None}
     with pytest.raises(ConfigError, match="lr_sweep.methods"):
         ff.shallow_jobs({**P, "methods": ["FOTON"]}, "mnist")
+
+
+def test_fewer_seeds_for_one_method_and_for_the_lr_grid():
+    """seeds_by_method drops a costly method's extra seeds; lr_sweep.seeds keeps the grid on its own seeds,
+    and the grid's shared table points are read on those seeds only."""
+    import pandas as pd
+    from repro.figures import foton as ff
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    P = load_params("foton_shallow", "params.smoke.yaml")
+    P = {**P, "seeds": [1, 2, 3], "seeds_by_method": {"FOTON": [1]},
+         "lr_sweep": {"reading": "2x256", "methods": ["FOTON", "BP"], "lrs": [0.05, 0.5], "seeds": [1]}}
+    jobs = ff.shallow_jobs(P, "mnist")
+    table = [j for j in jobs if j["part"] == "table"]
+    seeds = lambda m: sorted(j["seed"] for j in table if j["method"] == m)  # noqa: E731
+    assert seeds("FOTON") == [1] and seeds("FOTON 2x256") == [1, 2, 3] and seeds("BP") == [1, 2, 3]
+    sweep = [j for j in jobs if j["part"] == "lr_sweep"]
+    assert {j["seed"] for j in sweep} == {1} and len(sweep) == 2
+    with pytest.raises(ConfigError, match="seeds_by_method"):
+        ff.shallow_jobs({**P, "seeds_by_method": {"FOTON 9x9": [1]}}, "mnist")
+    rows = [{"part": j["part"], "reading": j["reading"], "method": j["method"], "seed": j["seed"], "lr": j["lr"],
+             "status": "ok", "final_test_acc": 90.0, "best_test_acc": 91.0} for j in jobs]
+    d = ff.lr_sweep_frame(pd.DataFrame(rows))
+    assert set(d.seed) == {1} and len(d) == 4  # 2 grid runs + the 2 shared table points, seed 1 only
+
+
+def test_alignment_epochs_by_depth():
+    import pandas as pd
+    from repro.figures import foton as ff
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    P = load_params("foton_alignment", "params.smoke.yaml")
+    deep = max(P["depths"])
+    jobs = ff.alignment_jobs({**P, "epochs": 5, "epochs_by_depth": {deep: 1}})
+    assert {j["config"]["epochs"] for j in jobs if j["layers"] == deep} == {1}
+    assert {j["config"]["epochs"] for j in jobs if j["layers"] != deep} == {5}
+    with pytest.raises(ConfigError, match="epochs_by_depth"):
+        ff.alignment_jobs({**P, "epochs_by_depth": {7: 1}})
+    # the metrics read each run at its own last epoch
+    hist = pd.DataFrame([{"act": "relu", "layers": L, "method": m, "seed": 1, "epoch": e,
+                          "cos_hidden": cos if e == last else 0.0}
+                         for L, last in ((10, 20), (50, 2)) for m, cos in (("FOTON", 0.9), ("PEPITA", 0.1))
+                         for e in range(1, last + 1)])
+    m = ff.alignment_metrics(hist)
+    assert m["final_cos_hidden"]["relu"]["50"] == {"FOTON": 0.9, "PEPITA": 0.1}
+    assert m["foton_above_pepita_at_depth"] is True and m["deepest"] == 50

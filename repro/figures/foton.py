@@ -136,6 +136,10 @@ def plot_depth(fin: pd.DataFrame, dataset: str, P: dict | None = None):
 def alignment_jobs(P: dict) -> list[dict]:
     """foton.md §3.2 E3/E4: FOTON vs PEPITA vs PEPITA with orthogonal init; cosine with the BP gradient
     measured every ``align_every`` steps on the same batch, same masks, pre-update weights (§2.9 item 3)."""
+    by_depth = {int(k): v for k, v in (P.get("epochs_by_depth") or {}).items()}
+    bad = sorted(set(by_depth) - set(int(L) for L in P["depths"]))
+    if bad:
+        raise ConfigError(f"foton_alignment.epochs_by_depth: {bad} not in depths {P['depths']}")
     jobs = []
     for seed in P["seeds"]:
         for act in P["acts"]:
@@ -152,8 +156,8 @@ def alignment_jobs(P: dict) -> list[dict]:
                                        "n_test": P.get("n_test")},
                            "model": {"arch": "mlp", "width": P["width"], "depth": L - 1, "act": act, "loss": "ce",
                                      "bias": bias, "init": init},
-                           "rule": rule, "optim": optim, "epochs": P["epochs"], "batch_size": P["batch_size"],
-                           "seed": seed, "align_every": P["align_every"]}
+                           "rule": rule, "optim": optim, "epochs": by_depth.get(int(L), P["epochs"]),
+                           "batch_size": P["batch_size"], "seed": seed, "align_every": P["align_every"]}
                     jobs.append({"act": act, "layers": L, "method": method, "seed": seed, "config": cfg})
     return jobs
 
@@ -167,10 +171,15 @@ def run_alignment(P: dict, results: str = "results"):
 
 
 def alignment_metrics(hist: pd.DataFrame) -> dict:
-    last = hist[hist.epoch == hist.epoch.max()]
+    # each run's last epoch (depths may train for different numbers of epochs: ``epochs_by_depth``)
+    last = hist[hist.epoch == hist.groupby(["act", "layers", "method", "seed"]).epoch.transform("max")]
     m = {"final_cos_hidden": {}}
     for (act, L, method), g in last.groupby(["act", "layers", "method"]):
-        m["final_cos_hidden"].setdefault(act, {}).setdefault(str(L), {})[method] = float(g.cos_hidden.mean())
+        v = float(g.cos_hidden.mean())
+        if np.isnan(v):  # a run that diverged before its first measurement
+            m.setdefault("not_measured", []).append(f"{act} {L} {method}")
+            continue
+        m["final_cos_hidden"].setdefault(act, {}).setdefault(str(L), {})[method] = v
     deep = str(max(hist.layers))
     checks = []
     for act, d in m["final_cos_hidden"].items():
@@ -188,8 +197,18 @@ def plot_alignment(hist: pd.DataFrame, P: dict | None = None):
                     errorbar=("pi", 100), height=2.8, aspect=1.3, facet_kws={"sharey": False})
     g.set_axis_labels("epoch", "cos(update, BP grad)\nmean over hidden layers")
     g.figure.suptitle("Alignment with the true gradient (same batch, same masks, pre-update weights)"
-                      + (f"\n{budget(P, '20 epochs')}" if P else ""), y=1.02 if P is None else 1.05)
+                      + (f"\n{alignment_budget(P)}" if P else ""), y=1.02 if P is None else 1.05)
     return g.figure
+
+
+def alignment_budget(P: dict) -> str:
+    """The title's budget line, with the depths that trained for fewer epochs (``epochs_by_depth``)."""
+    by = {int(k): v for k, v in (P.get("epochs_by_depth") or {}).items()}
+    if not by:
+        return budget(P, "20 epochs")
+    e = ", ".join(f"{L} layers: {by.get(int(L), P['epochs'])}" for L in P["depths"])
+    n = len(P["seeds"])
+    return f"epochs: {e}; {n} seed{'s' * (n != 1)} (spec: 20 epochs)"
 
 
 # ------------------------------------------------------------------------- shallow table (E1, §6.1)
@@ -203,10 +222,18 @@ def shallow_jobs(P: dict, dataset: str) -> list[dict]:
     (orthogonal init, no bias, standardised inputs, plain SGD, batch 256); PEPITA(+WM): the official
     PEPITA settings (He-uniform init, no bias, inputs in [0, 1], SGD + momentum 0.9, batch 64, lr ×0.1 at
     the milestones). Method labels carry the reading unless it is ``primary`` (the claims' reading)."""
+    by_method = P.get("seeds_by_method") or {}
+    labels = {m if r == P["primary"] else f"{m} {r}" for r in P["readings"] for m in P["methods"]}
+    bad = sorted(set(by_method) - labels)
+    if bad:
+        raise ConfigError(f"foton_shallow.seeds_by_method: {bad} are not table methods; allowed: {sorted(labels)}")
     jobs = []
     for seed in P["seeds"]:
         for reading, widths in P["readings"].items():
             for method in P["methods"]:
+                label = method if reading == P["primary"] else f"{method} {reading}"
+                if label in by_method and seed not in by_method[label]:
+                    continue  # fewer seeds for this method (cost), e.g. FOTON 1x1024: ≈ 95 min a run on a core
                 if method in ("FOTON", "BP"):
                     rule = ({"name": "foton", "keep": P["keep"], "ortho_every": P["ortho_every"],
                              "ff_every": P["ff_every"]} if method == "FOTON" else {"name": "bp"})
@@ -227,7 +254,6 @@ def shallow_jobs(P: dict, dataset: str) -> list[dict]:
                        "model": {"arch": "mlp", "widths": list(widths), "act": P["act"], "loss": "ce", "bias": False,
                                  **model},
                        "rule": rule, "optim": optim, "epochs": P["epochs"], "batch_size": bs, "seed": seed}
-                label = method if reading == P["primary"] else f"{method} {reading}"
                 jobs.append({"dataset": dataset, "reading": reading, "method": label, "seed": seed,
                              "lr": optim["lr"], "part": "table", "config": cfg})
     return jobs + _lr_sweep_jobs(P, jobs)
@@ -243,13 +269,14 @@ def _lr_sweep_jobs(P: dict, table: list[dict]) -> list[dict]:
     S = P.get("lr_sweep")
     if not S:
         return []
+    seeds = S.get("seeds", P["seeds"])  # the grid may use fewer seeds than the table
     jobs = []
     for m in S["methods"]:
         base = "BP" if m == BJORCK_CONTROL else m
         if base not in P["methods"]:
             raise ConfigError(f"foton_shallow.lr_sweep.methods: {m!r} needs {base!r} in foton_shallow.methods")
         for j in table:
-            if j["reading"] != S["reading"] or j["method"].split(" ")[0] != base:
+            if j["reading"] != S["reading"] or j["method"].split(" ")[0] != base or j["seed"] not in seeds:
                 continue
             for lr in S["lrs"]:
                 if m == base and float(lr) == float(j["lr"]):
@@ -296,13 +323,23 @@ def shallow_metrics(fin: pd.DataFrame) -> dict:
     return out
 
 
+def shallow_budget(P: dict) -> str:
+    """The title's budget line, naming methods that ran fewer seeds (``seeds_by_method``)."""
+    line = budget(P, "100 epochs, ≥ 3 seeds")
+    few = {m: len(v) for m, v in (P.get("seeds_by_method") or {}).items()}
+    if few:
+        line += "; " + ", ".join(f"{m}: {n} seed{'s' * (n != 1)}" for m, n in few.items())
+    return line
+
+
 def lr_sweep_frame(fin: pd.DataFrame) -> pd.DataFrame:
     """The runs of the lr sweep's reading and methods: its own jobs plus the table runs it shares."""
     if "part" not in fin or not (fin.part == "lr_sweep").any():
         return fin.iloc[0:0]
     sw = fin[fin.part == "lr_sweep"]
     keys = set(zip(sw.reading, sw.method))
-    return measured(fin[[(r, m) in keys for r, m in zip(fin.reading, fin.method)]])
+    seeds = set(sw.seed)  # the table's shared points may have more seeds than the grid: use the grid's
+    return measured(fin[[(r, m) in keys and s in seeds for r, m, s in zip(fin.reading, fin.method, fin.seed)]])
 
 
 def plot_lr_sweep(fin: pd.DataFrame, dataset: str, P: dict | None = None):
@@ -336,7 +373,8 @@ def plot_lr_sweep(fin: pd.DataFrame, dataset: str, P: dict | None = None):
         ax.text(0.02, 0.03, "below the axis:\n" + "\n".join(lines), transform=ax.transAxes, fontsize=7,
                 color="0.3", va="bottom")
     ax.set_title(f"FOTON vs BP learning rate, {dataset}" + (f" ({P['lr_sweep']['reading']})" if P else "")
-                 + (f"\n{budget(P, '100 epochs, ≥ 3 seeds')}" if P else ""), fontsize=10)
+                 + (f"\n{budget({**P, 'seeds': P['lr_sweep'].get('seeds', P['seeds'])}, '100 epochs, ≥ 3 seeds')}"
+                    if P else ""), fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
@@ -356,7 +394,7 @@ def plot_shallow(hist: pd.DataFrame, dataset: str, P: dict | None = None):
     ax.set_ylim(max(0.0, lo - 2), min(100.0, max(float(h.test_acc.max()), REPORTED_SHALLOW.get(dataset, 0.0)) + 1))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"FOTON shallow FC nets, {dataset}: both readings of '2-layer'"
-                 + (f"\n{budget(P, '100 epochs, ≥ 3 seeds')}" if P else ""), fontsize=10)
+                 + (f"\n{shallow_budget(P)}" if P else ""), fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
