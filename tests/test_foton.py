@@ -364,3 +364,18 @@ def test_alignment_epochs_by_depth():
     m = ff.alignment_metrics(hist)
     assert m["final_cos_hidden"]["relu"]["50"] == {"FOTON": 0.9, "PEPITA": 0.1}
     assert m["foton_above_pepita_at_depth"] is True and m["deepest"] == 50
+
+
+def test_bp_dropout_row_is_bps_config_with_foton_keep():
+    from repro.figures import foton as ff
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    P = load_params("foton_shallow", "params.smoke.yaml")
+    P = {**P, "methods": ["FOTON", "BP", "BP+dropout"], "lr_sweep": None}
+    jobs = {j["method"]: j for j in ff.shallow_jobs(P, "mnist")}
+    for suffix in ("", " 2x256"):
+        d, bp = jobs["BP+dropout" + suffix]["config"], jobs["BP" + suffix]["config"]
+        assert d["rule"] == {"name": "bp", "keep": P["keep"]} and P["keep"] < 1
+        assert {**d, "rule": None} == {**bp, "rule": None}
+    with pytest.raises(ConfigError, match="foton_shallow.methods"):
+        ff.shallow_jobs({**P, "methods": ["PEPITA+W"]}, "mnist")

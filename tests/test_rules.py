@@ -425,3 +425,29 @@ def test_bp_with_bjorck_keeps_the_gradient_and_projects_every_weight_after_the_s
         assert not torch.allclose(lin0.weight @ lin0.weight.t(), torch.eye(w.shape[0]), atol=1e-3)  # plain BP is off
     with pytest.raises(ConfigError, match="rule.ortho_every"):
         make_rule({"name": "bp", "ortho_every": -1})
+
+
+def test_bp_with_dropout_is_autograd_of_the_masked_net():
+    """foton.md §6 item 13: BP with dropout (keep < 1) = autograd of the loss of the net whose hidden
+    pre-activations are multiplied by inverted-dropout masks drawn from the global RNG as FOTON draws them."""
+    from repro.models import ConfigError, build_model
+    from repro.rules.base import dropout_masks
+    torch.manual_seed(0)
+    m = build_model({"arch": "mlp", "widths": [16, 12], "act": "relu", "loss": "ce", "bias": False}, 20, 10)
+    ref = copy.deepcopy(m)
+    b = Batch(torch.arange(8), torch.randn(8, 20), torch.eye(10)[torch.randint(0, 10, (8,))])
+    r = setup_rule({"name": "bp", "keep": 0.5}, m)
+    torch.manual_seed(3)
+    out = r.step(m, b)
+    torch.manual_seed(3)
+    masks = dropout_masks(ref, 8, 0.5, b.x.device)
+    assert any((mk == 0).any() for mk in masks)  # some units dropped
+    l = loss_value("ce", ref.forward_all(b.x, masks)[1][-1], b.y)
+    for a, e in zip(grads(m), torch.autograd.grad(l, list(ref.parameters()))):
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+    assert float(out.loss) == float(l.detach())
+    plain = setup_rule({"name": "bp"}, copy.deepcopy(ref))
+    assert not torch.equal(plain.step(ref, b).loss, out.loss)  # without dropout: another loss
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="rule.keep"):
+            make_rule({"name": "bp", "keep": bad})

@@ -213,6 +213,8 @@ def alignment_budget(P: dict) -> str:
 
 # ------------------------------------------------------------------------- shallow table (E1, §6.1)
 BJORCK_CONTROL = "BP+Björck"
+BP_DROPOUT = "BP+dropout"  # BP's table config with FOTON's dropout (keep) on the hidden layers
+SHALLOW_METHODS = ("FOTON", "BP", BP_DROPOUT, "PEPITA", "PEPITA+WM")
 
 
 def shallow_jobs(P: dict, dataset: str) -> list[dict]:
@@ -222,6 +224,9 @@ def shallow_jobs(P: dict, dataset: str) -> list[dict]:
     (orthogonal init, no bias, standardised inputs, plain SGD, batch 256); PEPITA(+WM): the official
     PEPITA settings (He-uniform init, no bias, inputs in [0, 1], SGD + momentum 0.9, batch 64, lr ×0.1 at
     the milestones). Method labels carry the reading unless it is ``primary`` (the claims' reading)."""
+    unknown = [m for m in P["methods"] if m not in SHALLOW_METHODS]
+    if unknown:
+        raise ConfigError(f"foton_shallow.methods: {unknown} unknown; allowed: {', '.join(SHALLOW_METHODS)}")
     by_method = P.get("seeds_by_method") or {}
     labels = {m if r == P["primary"] else f"{m} {r}" for r in P["readings"] for m in P["methods"]}
     bad = sorted(set(by_method) - labels)
@@ -234,15 +239,17 @@ def shallow_jobs(P: dict, dataset: str) -> list[dict]:
                 label = method if reading == P["primary"] else f"{method} {reading}"
                 if label in by_method and seed not in by_method[label]:
                     continue  # fewer seeds for this method (cost), e.g. FOTON 1x1024: ≈ 95 min a run on a core
-                if method in ("FOTON", "BP"):
+                if method in ("FOTON", "BP", BP_DROPOUT):
                     rule = ({"name": "foton", "keep": P["keep"], "ortho_every": P["ortho_every"],
                              "ff_every": P["ff_every"]} if method == "FOTON" else {"name": "bp"})
+                    if method == BP_DROPOUT:  # foton.md §6 item 13: BP with FOTON's dropout
+                        rule["keep"] = P["keep"]
                     if method == "FOTON" and P.get("bjorck_tol"):
                         rule["bjorck_tol"] = P["bjorck_tol"]
                     model = {"init": "orthogonal"}
-                    optim = {"name": "sgd", "lr": P["lr"][method]}
+                    optim = {"name": "sgd", "lr": P["lr"]["BP" if method == BP_DROPOUT else method]}
                     norm, bs = "standard", P["batch_size"]
-                else:
+                else:  # PEPITA, PEPITA+WM
                     rule = {"name": "pepita" if method == "PEPITA" else "pepita_wm", "keep": P["keep"]}
                     model = {"init": "he_uniform"}
                     pp = P["pepita"]
