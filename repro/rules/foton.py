@@ -69,11 +69,55 @@ def check_bjorck_params(params: dict) -> None:
 
 
 @torch.no_grad()
-def project_all(model, iters: int = 20, tol: float = 0.0) -> None:
-    """Björck-project every weight of an MLP/CNN in place (conv kernels as [c_out, c_in·k·k])."""
-    for lin in list(getattr(model, "convs", ())) + list(model.layers):
-        w = lin.weight.view(lin.weight.shape[0], -1)
-        lin.weight.copy_(bjorck(w, iters, tol=tol).view_as(lin.weight))
+def bjorck_batched(ws: torch.Tensor, iters: int = 20, beta: float = 0.5, power_iters: int = 20,
+                   tol: float = 0.0) -> torch.Tensor:
+    """:func:`bjorck` on a stack ``[k, n, m]`` of equal-shape matrices: one batched product per iteration
+    instead of k, the same arithmetic per matrix (equal to :func:`bjorck` up to rounding). With ``tol`` > 0
+    each matrix stops on its own, as in :func:`bjorck` (a converged one is no longer updated)."""
+    flip = ws.shape[1] < ws.shape[2]
+    a = ws.transpose(1, 2) if flip else ws  # tall: n >= m
+    k, _, m = a.shape
+    v = torch.ones(k, m, 1, dtype=a.dtype, device=a.device) / m ** 0.5
+    at = a.transpose(1, 2)
+    for _ in range(power_iters):
+        v = at @ (a @ v)
+        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    s = (a @ v).norm(dim=1, keepdim=True).clamp_min(1e-30)
+    a = a / (s * 1.01)
+    eye = torch.eye(m, dtype=a.dtype, device=a.device)
+    done = torch.zeros(k, 1, 1, dtype=torch.bool, device=a.device)
+    for _ in range(iters):
+        g = a.transpose(1, 2) @ a
+        if tol > 0:
+            done = done | ((g - eye).abs().amax(dim=(1, 2), keepdim=True) < tol)
+            if bool(done.all()):
+                break
+        a = torch.where(done, a, (1 + beta) * a - beta * a @ g)
+    return a.transpose(1, 2) if flip else a
+
+
+@torch.no_grad()
+def project_all(model, iters: int = 20, tol: float = 0.0, batched: bool | None = None) -> None:
+    """Björck-project every weight of an MLP/CNN in place (conv kernels as [c_out, c_in·k·k]).
+
+    ``batched`` (default: on CUDA) projects the equal-shape matrices of a deep MLP together
+    (:func:`bjorck_batched`): on a GPU the per-layer loop is bound by kernel launches (≈ 227 ms a step at 50
+    layers on an H100 in our benchmark). The CPU keeps the per-layer loop, so CPU runs stay bitwise as
+    cached."""
+    mats = [lin.weight for lin in list(getattr(model, "convs", ())) + list(model.layers)]
+    if batched is None:
+        batched = mats[0].is_cuda
+    groups: dict[tuple, list] = {}
+    for w in mats:
+        groups.setdefault(tuple(w.view(w.shape[0], -1).shape) if batched else (id(w),), []).append(w)
+    for ws in groups.values():
+        if len(ws) == 1:
+            w = ws[0].view(ws[0].shape[0], -1)
+            ws[0].copy_(bjorck(w, iters, tol=tol).view_as(ws[0]))
+            continue
+        out = bjorck_batched(torch.stack([w.view(w.shape[0], -1) for w in ws]), iters, tol=tol)
+        for w, o in zip(ws, out):
+            w.copy_(o.view_as(w))
 
 
 def ff_matrix(model) -> torch.Tensor:
