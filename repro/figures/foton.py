@@ -392,7 +392,7 @@ REPORTED_SHALLOW = {"mnist": 98.32, "cifar10": 55.70, "cifar100": 28.48}
 
 
 def plot_shallow(hist: pd.DataFrame, dataset: str, P: dict | None = None):
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     h = hist[(hist.epoch >= 1) & ((hist.part == "table") if "part" in hist else True)]
     sns.lineplot(h, x="epoch", y="test_acc", hue="method", errorbar=("pi", 100), ax=ax)
     if dataset in REPORTED_SHALLOW:
@@ -402,6 +402,6 @@ def plot_shallow(hist: pd.DataFrame, dataset: str, P: dict | None = None):
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"FOTON shallow FC nets, {dataset}: both readings of '2-layer'"
                  + (f"\n{shallow_budget(P)}" if P else ""), fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: 10+ curves
     fig.tight_layout()
     return fig
