@@ -136,7 +136,7 @@ def plot_depth(fin: pd.DataFrame, dataset: str, P: dict | None = None):
 def alignment_jobs(P: dict) -> list[dict]:
     """foton.md §3.2 E3/E4: FOTON vs PEPITA vs PEPITA with orthogonal init; cosine with the BP gradient
     measured every ``align_every`` steps on the same batch, same masks, pre-update weights (§2.9 item 3)."""
-    by_depth = {int(k): v for k, v in (P.get("epochs_by_depth") or {}).items()}
+    by_depth = _epochs_by_depth(P)
     bad = sorted(set(by_depth) - set(int(L) for L in P["depths"]))
     if bad:
         raise ConfigError(f"foton_alignment.epochs_by_depth: {bad} not in depths {P['depths']}")
@@ -201,9 +201,13 @@ def plot_alignment(hist: pd.DataFrame, P: dict | None = None):
     return g.figure
 
 
+def _epochs_by_depth(P: dict) -> dict[int, int]:
+    return {int(k): v for k, v in (P.get("epochs_by_depth") or {}).items()}
+
+
 def alignment_budget(P: dict) -> str:
     """The title's budget line, with the depths that trained for fewer epochs (``epochs_by_depth``)."""
-    by = {int(k): v for k, v in (P.get("epochs_by_depth") or {}).items()}
+    by = _epochs_by_depth(P)
     if not by:
         return budget(P, "20 epochs")
     e = ", ".join(f"{L} layers: {by.get(int(L), P['epochs'])}" for L in P["depths"])

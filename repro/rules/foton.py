@@ -73,7 +73,11 @@ def bjorck_batched(ws: torch.Tensor, iters: int = 20, beta: float = 0.5, power_i
                    tol: float = 0.0) -> torch.Tensor:
     """:func:`bjorck` on a stack ``[k, n, m]`` of equal-shape matrices: one batched product per iteration
     instead of k, the same arithmetic per matrix (equal to :func:`bjorck` up to rounding). With ``tol`` > 0
-    each matrix stops on its own, as in :func:`bjorck` (a converged one is no longer updated)."""
+    each matrix stops on its own, as in :func:`bjorck` (a converged one is no longer updated).
+
+    Written beside :func:`bjorck`, not under it: routing one matrix through the batched products changes
+    the float rounding of FOTON's CPU runs (checked: another history hash), and cached CPU runs must stay
+    bitwise reproducible. Equality of the two is tested."""
     flip = ws.shape[1] < ws.shape[2]
     a = ws.transpose(1, 2) if flip else ws  # tall: n >= m
     k, _, m = a.shape
@@ -107,14 +111,14 @@ def project_all(model, iters: int = 20, tol: float = 0.0, batched: bool | None =
     mats = [lin.weight for lin in list(getattr(model, "convs", ())) + list(model.layers)]
     if batched is None:
         batched = mats[0].is_cuda
+    if not batched:
+        for w in mats:
+            w.copy_(bjorck(w.view(w.shape[0], -1), iters, tol=tol).view_as(w))
+        return
     groups: dict[tuple, list] = {}
     for w in mats:
-        groups.setdefault(tuple(w.view(w.shape[0], -1).shape) if batched else (id(w),), []).append(w)
+        groups.setdefault(tuple(w.view(w.shape[0], -1).shape), []).append(w)
     for ws in groups.values():
-        if len(ws) == 1:
-            w = ws[0].view(ws[0].shape[0], -1)
-            ws[0].copy_(bjorck(w, iters, tol=tol).view_as(ws[0]))
-            continue
         out = bjorck_batched(torch.stack([w.view(w.shape[0], -1) for w in ws]), iters, tol=tol)
         for w, o in zip(ws, out):
             w.copy_(o.view_as(w))
