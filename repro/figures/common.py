@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,19 @@ def repo_root(start: str | Path | None = None) -> Path:
         if (cand / "params.yaml").is_file() and (cand / "repro").is_dir():
             return cand
     raise ConfigError(f"no project root (a folder with params.yaml and repro/) above {p}")
+
+
+@contextmanager
+def fixed_jitter(seed: int = 0):
+    """Seed numpy's global RNG for the plotting inside, then give the caller's state back. seaborn's
+    ``stripplot`` jitters with ``np.random.uniform``: unseeded, a figure with several seeds per category
+    had different PNG bytes on every ``dvc repro`` of the same runs."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def save(fig, path: str | Path, dpi: int = 110) -> None:

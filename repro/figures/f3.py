@@ -13,7 +13,7 @@ import seaborn as sns
 
 from ..rules import rule_config
 from ..rules.f3 import F3
-from .common import agg, final_frame, gap_closed, history_frame, run_all, store_for
+from .common import agg, final_frame, fixed_jitter, gap_closed, history_frame, run_all, store_for
 
 # Numbers printed in the paper (f3.md §4), drawn as references.
 REPORTED = {
@@ -310,8 +310,9 @@ def plot_gap(fin: pd.DataFrame, metrics: dict, order: list[str]):
     for ax, ds in zip(axes[0], dss):
         d = fin[(fin.dataset == ds) & (fin.status == "ok")]
         present = [a for a in order if a in set(d.algorithm)]
-        sns.stripplot(d, x="algorithm", y="final_test_loss", order=present, hue="algorithm", palette=PALETTE,
-                      size=4, alpha=0.6, jitter=0.15, ax=ax, legend=False)
+        with fixed_jitter():
+            sns.stripplot(d, x="algorithm", y="final_test_loss", order=present, hue="algorithm", palette=PALETTE,
+                          size=4, alpha=0.6, jitter=0.15, ax=ax, legend=False)
         sns.pointplot(d, x="algorithm", y="final_test_loss", order=present, errorbar="sd", linestyle="none",
                       color="k", markers="_", markersize=18, capsize=0.25, ax=ax)
         bp = metrics[ds]["test_mse"].get("BP", {}).get("mean")
@@ -341,8 +342,9 @@ def plot_mnist_error(fin: pd.DataFrame, order: list[str]):
     d = fin[fin.status == "ok"]
     present = [a for a in order if a in set(d.algorithm)]
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    sns.stripplot(d, x="algorithm", y="final_test_error", order=present, hue="algorithm", palette=PALETTE,
-                  size=4, alpha=0.6, jitter=0.15, ax=ax, legend=False)
+    with fixed_jitter():
+        sns.stripplot(d, x="algorithm", y="final_test_error", order=present, hue="algorithm", palette=PALETTE,
+                      size=4, alpha=0.6, jitter=0.15, ax=ax, legend=False)
     sns.pointplot(d, x="algorithm", y="final_test_error", order=present, errorbar="sd", linestyle="none",
                   color="k", markers="_", markersize=18, capsize=0.25, ax=ax)
     _paper_stars(ax, present, REPORTED["mnist_error"])

@@ -12,8 +12,8 @@ import torch
 
 from ..rules import Batch
 from ..train import build, load_data, make_optimizer, normalize_config, resolve_device, train_step
-from .common import (budget, final_frame, history_frame, mark_diverged, measured, run_all, run_for_dataset,
-                     store_for)
+from .common import (budget, final_frame, fixed_jitter, history_frame, mark_diverged, measured, run_all,
+                     run_for_dataset, store_for)
 
 
 def _cfg(P: dict, dataset: str, rule: dict, bias: bool, seed: int) -> dict:
@@ -116,7 +116,8 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
              if m in set(main.method)]
     sns.pointplot(main, x="method", y="final_test_acc", order=order, errorbar="sd", linestyle="none", capsize=0.2,
                   ax=axes[0])
-    sns.stripplot(main, x="method", y="final_test_acc", order=order, color="0.4", size=4, ax=axes[0])
+    with fixed_jitter():
+        sns.stripplot(main, x="method", y="final_test_acc", order=order, color="0.4", size=4, ax=axes[0])
     bad = main[main.status == "diverged"]
     if len(bad):  # categorical axis: positions by order
         axes[0].scatter([order.index(m) for m in bad.method], bad.final_test_acc, marker="x", s=70, c="red",
