@@ -27,11 +27,32 @@ class Activation:
     grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+# module-level functions, not lambdas: a model pickles with its activation (run checkpoints)
+def _tanh_grad(z, h):
+    return 1.0 - h * h
+
+
+def _relu_grad(z, h):
+    return (z > 0).to(h.dtype)
+
+
+def _sigmoid_grad(z, h):
+    return h * (1.0 - h)
+
+
+def _identity(z):
+    return z
+
+
+def _identity_grad(z, h):
+    return torch.ones_like(h)
+
+
 ACTIVATIONS: dict[str, Activation] = {
-    "tanh": Activation(torch.tanh, lambda z, h: 1.0 - h * h),
-    "relu": Activation(torch.relu, lambda z, h: (z > 0).to(h.dtype)),
-    "sigmoid": Activation(torch.sigmoid, lambda z, h: h * (1.0 - h)),
-    "identity": Activation(lambda z: z, lambda z, h: torch.ones_like(h)),
+    "tanh": Activation(torch.tanh, _tanh_grad),
+    "relu": Activation(torch.relu, _relu_grad),
+    "sigmoid": Activation(torch.sigmoid, _sigmoid_grad),
+    "identity": Activation(_identity, _identity_grad),
 }
 
 

@@ -14,7 +14,8 @@ every epoch; loss = per-sample loss summed over outputs, averaged over samples; 
 The run store keeps ``<runs>/<key>.json`` (config, per-epoch history, status; small, tracked by git)
 and ``<weights>/<key>.pt`` (model and rule tensors; DVC-cached). The JSON is written last and
 atomically, so it marks a finished run: a killed sweep leaves no partial record and resumes where
-it stopped. Non-finite losses end a run as ``diverged``; it is cached like any other result.
+it stopped. An unfinished run saves its state every few minutes (``<weights>/<key>.ckpt``, see ``train``),
+so a killed run goes on from its last saved epoch, not from scratch. Non-finite losses end a run as ``diverged``; it is cached like any other result.
 """
 from __future__ import annotations
 
@@ -209,14 +210,65 @@ def train_step(model, rule, opt, batch: Batch, params, inspect=None):
     return out
 
 
-def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, progress=None) -> RunResult:
-    """Train one config from scratch; returns the record (and the trained model). Does not cache."""
+def checkpoint_seconds() -> float:
+    """How often (wall seconds, at epoch ends) a run in a store saves its resumable state;
+    ``REPRO_CHECKPOINT_S``, default 120; 0 = never."""
+    v = os.environ.get("REPRO_CHECKPOINT_S", "120")
+    try:
+        s = float(v)
+    except ValueError:
+        s = -1.0
+    if not s >= 0:
+        raise ConfigError(f"REPRO_CHECKPOINT_S={v!r} must be a number of seconds >= 0 (0 = no checkpoints)")
+    return s
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path | None, key: str, dev: torch.device) -> dict | None:
+    """A run's saved state, or None. It is our own file (the model and rule pickled together, so that a
+    rule's references into the model survive), hence ``weights_only=False``; one that does not load or
+    belongs to another config is ignored: the run starts from scratch and overwrites it."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        ck = torch.load(path, map_location=dev, weights_only=False)
+    except Exception:
+        return None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or ck.get("key") != key:
+        return None
+    return ck
+
+
+CHECKPOINT_FORMAT = 1
+
+
+def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, progress=None,
+          checkpoint: str | Path | None = None, checkpoint_every: float | None = None) -> RunResult:
+    """Train one config; returns the record (and the trained model). Does not cache.
+
+    ``checkpoint``: a file for the run's resumable state. If it holds this config's state, training goes
+    on from the epoch it reached (model, rule, optimizer, scheduler, shuffling and RNG states, history), so
+    the run ends bitwise equal to an uninterrupted one on the same device; it is rewritten at the end of an
+    epoch once ``checkpoint_every`` seconds (default ``checkpoint_seconds()``) have passed since the last
+    save. Layer-wise rules (FF) are not checkpointed: their per-phase caches of layer inputs are large."""
     cfg = normalize_config(cfg)
     dev = resolve_device(device)
     data = data if data is not None else load_data(cfg, dev)
     model, rule = build(cfg, dev, data)
     phases = rule.phases(model)
     layerwise = len(phases) > 1  # greedy layer-wise rules: each phase trains one group for `epochs`
+    ckpt = Path(checkpoint) if checkpoint is not None and not layerwise else None
+    every = checkpoint_seconds() if checkpoint_every is None else float(checkpoint_every)
+    key = run_key(cfg)
+    ck = _load_checkpoint(ckpt, key, dev)
+    if ck is not None:
+        model, rule = ck["model"], ck["rule"]
+        phases = rule.phases(model)
     if not layerwise:
         opt, sched = make_optimizer(rule.trainable(model), cfg["optim"])
     shuffle = torch.Generator().manual_seed(cfg["seed"])
@@ -224,6 +276,32 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
 
     n, bs = len(data.x_train), cfg["batch_size"]
     history, status, t0 = [], "ok", time.perf_counter()
+    resumed_at: list[int] = []
+    step_no, epoch = 0, 0
+    if ck is not None:
+        opt.load_state_dict(ck["opt"])
+        if sched is not None:
+            sched.load_state_dict(ck["sched"])
+        shuffle.set_state(ck["shuffle"])
+        torch.set_rng_state(ck["rng"])
+        if dev.type == "cuda":
+            torch.cuda.set_rng_state(ck["cuda_rng"], dev)
+        history, step_no, epoch = ck["history"], ck["step_no"], ck["epoch"]
+        resumed_at = ck["resumed_at"] + [epoch]
+        t0 -= ck["seconds"]
+        if progress is not None and epoch:
+            progress(epoch * -(-n // bs))
+    last_save = time.perf_counter()
+
+    def save_checkpoint() -> None:
+        nonlocal last_save
+        _save_checkpoint(ckpt, {
+            "format": CHECKPOINT_FORMAT, "key": key, "model": model, "rule": rule, "opt": opt.state_dict(),
+            "sched": sched.state_dict() if sched is not None else None, "shuffle": shuffle.get_state(),
+            "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+            "history": history, "step_no": step_no, "epoch": epoch, "resumed_at": resumed_at,
+            "seconds": time.perf_counter() - t0})
+        last_save = time.perf_counter()
 
     def record_epoch(epoch: int, train_loss: float | None, t_train: float) -> bool:
         ev = rule_eval or evaluate
@@ -240,14 +318,14 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
         history.append(row)
         return all(math.isfinite(v) for v in (tr["loss"], te["loss"], train_loss or 0.0))
 
-    record_epoch(0, None, 0.0)
-    step_no, epoch = 0, 0
+    if not history:
+        record_epoch(0, None, 0.0)
     for phase, group in enumerate(phases):
         if layerwise:
             rule.begin_phase(model, phase, data)
             opt, sched = make_optimizer(group, cfg["optim"])  # a fresh optimizer per layer
         params = group if layerwise else rule.trainable(model)
-        for _ in range(cfg["epochs"]):
+        for _ in range(epoch if not layerwise else 0, cfg["epochs"]):
             epoch += 1
             ts = time.perf_counter()
             rule.begin_epoch(model, epoch)
@@ -274,6 +352,8 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
             if not ok:
                 status = "diverged"
                 break
+            if ckpt is not None and every > 0 and epoch < cfg["epochs"] and time.perf_counter() - last_save >= every:
+                save_checkpoint()
         if status != "ok":
             break
     last = history[-1]
@@ -286,6 +366,8 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
     record = {"key": run_key(cfg), "config": cfg, "status": status, "summary": summary, "history": history,
               "env": {"device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "host": platform.node(), "seconds": round(time.perf_counter() - t0, 2)}}
+    if resumed_at:
+        record["env"]["resumed_at_epochs"] = resumed_at
     model._repro_rule = rule  # keeps the rule's tensors reachable for saving
     return RunResult(record["key"], record, model)
 
@@ -337,6 +419,14 @@ class RunStore:
         jtmp.write_text(json.dumps(res.record, indent=1, sort_keys=True))
         os.replace(jtmp, self.path(res.key))
 
+    def checkpoint_path(self, key: str) -> Path:
+        """Where an unfinished run keeps its resumable state (deleted once the run is stored): beside the
+        weights, or in ``REPRO_CHECKPOINT_DIR`` (e.g. a folder a lent GPU machine sends back)."""
+        d = os.environ.get("REPRO_CHECKPOINT_DIR")
+        folder = Path(d) if d else self.weights
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{key}.ckpt"
+
     def load_weights(self, cfg: dict, device: str = "cpu"):
         """The trained model of a cached run (weights-only load)."""
         cfg = normalize_config(cfg)
@@ -358,8 +448,10 @@ def run_cached(cfg: dict, store: RunStore, device: str = "auto", progress=None) 
     rec = store.get(cfg)
     if rec is not None:
         return rec
-    res = train(cfg, device=device, progress=progress)
+    ckpt = store.checkpoint_path(run_key(cfg))
+    res = train(cfg, device=device, progress=progress, checkpoint=ckpt)
     store.put(res)
+    ckpt.unlink(missing_ok=True)
     return res.record
 
 

@@ -254,3 +254,65 @@ def test_progress_counts_every_phase_of_layerwise_rules():
     assert T._steps({**base, "model": {"widths": [8, 8, 8]}}) == 4 * 2 * 4
     assert T._steps({**base, "model": {"arch": "cnn", "cnn": {"channels": [2, 2], "fc": [5]}}}) == 4 * 2 * 4
     assert T._steps(cfg(dataset={"name": "mnist", "n_train": 64, "n_test": 32}, batch_size=16)) == 2 * 4
+
+
+RELU = {"width": 16, "depth": 2, "act": "relu", "loss": "ce"}
+RESUMABLE = [
+    ({"name": "bp"}, {}, {}),
+    ({"name": "bp", "keep": 0.8, "ortho_every": 2}, RELU, {}),  # dropout masks + Björck counter
+    ({"name": "f3"}, {}, {}),  # per-sample delayed-error buffer
+    ({"name": "dfa"}, {}, {"optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "milestones": [3], "gamma": 0.5}}),
+    ({"name": "drtp"}, {}, {}),
+    ({"name": "llo"}, {}, {}),
+    ({"name": "pepita"}, {**RELU, "bias": False}, {}),
+    ({"name": "pepita_wm"}, {**RELU, "bias": False}, {}),
+    ({"name": "foton", "ortho_every": 2, "ff_every": 3}, {**RELU, "bias": False}, {}),
+    ({"name": "ftp", "keep": 1.0}, RELU, {"hardware": {"bits": 4, "weights": True, "write_noise": 0.01}}),
+    ({"name": "bp_dd"}, {}, {}),
+]
+
+
+@pytest.mark.parametrize("rule,model,extra", RESUMABLE, ids=lambda v: v.get("name", "") if isinstance(v, dict) else "")
+def test_a_run_killed_mid_way_resumes_from_its_checkpoint_bitwise(tiny, tmp_path, rule, model, extra):
+    """A run killed after epoch 2 of 4 goes on from its checkpoint and ends bitwise equal (history and
+    weights) to an uninterrupted run: every piece of state (rule buffers and counters, optimizer,
+    scheduler, shuffling and dropout RNG, hardware noise) is saved."""
+    c = cfg(rule, model={"width": 8, "depth": 2, **model}, epochs=4, **extra)
+    straight = T.train(c)
+    ck = tmp_path / "run.ckpt"
+
+    class Killed(Exception):
+        pass
+    epochs_seen = []
+
+    def kill_in_epoch_3(_steps):
+        epochs_seen.append(1)
+        if len(epochs_seen) == 3:
+            raise Killed
+    with pytest.raises(Killed):
+        T.train(c, checkpoint=ck, checkpoint_every=1e-9, progress=kill_in_epoch_3)
+    assert torch.load(ck, weights_only=False)["epoch"] == 2
+    resumed = T.train(c, checkpoint=ck, checkpoint_every=1e-9)
+    assert resumed.record["env"]["resumed_at_epochs"] == [2]
+    assert metrics(resumed.record) == metrics(straight.record)
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_store_deletes_the_checkpoint_of_a_finished_run_and_ignores_a_foreign_one(tiny, tmp_path):
+    store = RunStore(tmp_path / "runs", tmp_path / "weights")
+    c, other = cfg(epochs=3), cfg(epochs=3, seed=9)
+    ck = store.checkpoint_path(run_key(c))
+    with pytest.raises(ZeroDivisionError):
+        T.train(other, checkpoint=ck, checkpoint_every=1e-9, progress=lambda k: 1 / 0 if ck.is_file() else None)
+    assert ck.is_file()  # holds `other`'s state: must not be resumed as `c`
+    rec = T.run_cached(c, store)
+    assert "resumed_at_epochs" not in rec["env"]
+    assert metrics(rec) == metrics(T.train(c).record)
+    assert not ck.exists() and list((tmp_path / "weights").glob("*.ckpt")) == []
+
+
+def test_bad_checkpoint_interval_is_one_clear_line(monkeypatch):
+    monkeypatch.setenv("REPRO_CHECKPOINT_S", "soon")
+    with pytest.raises(ConfigError, match="REPRO_CHECKPOINT_S"):
+        T.checkpoint_seconds()
