@@ -15,7 +15,8 @@ The run store keeps ``<runs>/<key>.json`` (config, per-epoch history, status; sm
 and ``<weights>/<key>.pt`` (model and rule tensors; DVC-cached). The JSON is written last and
 atomically, so it marks a finished run: a killed sweep leaves no partial record and resumes where
 it stopped. An unfinished run saves its state every few minutes (``<weights>/<key>.ckpt``, see ``train``),
-so a killed run goes on from its last saved epoch, not from scratch. Non-finite losses end a run as ``diverged``; it is cached like any other result.
+so a killed run goes on from its last saved epoch, not from scratch. Non-finite losses end a run as
+``diverged``; it is cached like any other result.
 """
 from __future__ import annotations
 
@@ -223,6 +224,9 @@ def checkpoint_seconds() -> float:
     return s
 
 
+CHECKPOINT_FORMAT = 1
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(state, tmp)
@@ -232,7 +236,9 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 def _load_checkpoint(path: Path | None, key: str, dev: torch.device) -> dict | None:
     """A run's saved state, or None. It is our own file (the model and rule pickled together, so that a
     rule's references into the model survive), hence ``weights_only=False``; one that does not load or
-    belongs to another config is ignored: the run starts from scratch and overwrites it."""
+    belongs to another config is ignored: the run starts from scratch and overwrites it. A checkpoint
+    pickles the rule object, so it belongs to the code that wrote it: delete ``*.ckpt`` after changing a
+    rule's attributes (run keys change only with ``CACHE_VERSION``)."""
     if path is None or not path.is_file():
         return None
     try:
@@ -242,9 +248,6 @@ def _load_checkpoint(path: Path | None, key: str, dev: torch.device) -> dict | N
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or ck.get("key") != key:
         return None
     return ck
-
-
-CHECKPOINT_FORMAT = 1
 
 
 def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, progress=None,
@@ -363,7 +366,7 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
     if "test_error" in last:
         summary["final_test_error"] = last["test_error"]
         summary["best_test_error"] = min(h["test_error"] for h in history[1:]) if len(history) > 1 else last["test_error"]
-    record = {"key": run_key(cfg), "config": cfg, "status": status, "summary": summary, "history": history,
+    record = {"key": key, "config": cfg, "status": status, "summary": summary, "history": history,
               "env": {"device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "host": platform.node(), "seconds": round(time.perf_counter() - t0, 2)}}
     if resumed_at:
