@@ -28,6 +28,7 @@ import os
 import platform
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -412,15 +413,42 @@ class RunStore:
             return None
 
     def put(self, res: RunResult) -> None:
-        model = res.model
-        state = {"model": model.state_dict(),
-                 "rule": getattr(model, "_repro_rule").state_dict() if hasattr(model, "_repro_rule") else {}}
-        wtmp = self.weights / f".{res.key}.pt.tmp"
-        torch.save(jsonable_tensors(state), wtmp)
-        os.replace(wtmp, self.weights / f"{res.key}.pt")
+        self._put_weights(res)
         jtmp = self.runs / f".{res.key}.json.tmp"
         jtmp.write_text(json.dumps(res.record, indent=1, sort_keys=True))
         os.replace(jtmp, self.path(res.key))
+
+    def restore_weights(self, cfg: dict, device: str = "cpu") -> bool:
+        """Retrain a run for its weights: same config and seed, on the thread count its record names, so
+        on the CPU its history equals the record's bitwise. Returns whether it did; a history that
+        differs (another device or library build) is reported in one line, and the new weights are kept
+        beside the old record. A config with no record is simply trained and stored."""
+        cfg = normalize_config(cfg)
+        key = run_key(cfg)
+        rec = self.get(cfg)  # may copy the run, weights included, from a shared store
+        if (self.weights / f"{key}.pt").is_file():
+            return False
+        threads = int((rec or {}).get("env", {}).get("threads") or torch.get_num_threads())
+        print(f"run {key}: weights missing in {self.weights}; retraining it for them "
+              f"({device}, {threads} thread{'s' * (threads != 1)})", flush=True)
+        with torch_threads(threads):
+            res = train(cfg, device=device)
+        if rec is None:
+            self.put(res)
+            return True
+        if _history_digits(res.record["history"]) != _history_digits(rec["history"]):
+            print(f"run {key}: the retrained history differs from the cached record's (device "
+                  f"{rec['env'].get('device')} → {res.record['env'].get('device')}); using the new weights", flush=True)
+        self._put_weights(res)
+        return True
+
+    def _put_weights(self, res: RunResult) -> None:
+        model = res.model
+        state = {"model": model.state_dict(),
+                 "rule": getattr(model, "_repro_rule").state_dict() if hasattr(model, "_repro_rule") else {}}
+        wtmp = self.weights / f".{res.key}.pt.{os.getpid()}.tmp"
+        torch.save(jsonable_tensors(state), wtmp)
+        os.replace(wtmp, self.weights / f"{res.key}.pt")
 
     def checkpoint_path(self, key: str) -> Path:
         """Where an unfinished run keeps its resumable state (deleted once the run is stored): beside the
@@ -431,9 +459,13 @@ class RunStore:
         return folder / f"{key}.ckpt"
 
     def load_weights(self, cfg: dict, device: str = "cpu"):
-        """The trained model of a cached run (weights-only load)."""
+        """The trained model of a cached run (weights-only load). A run whose weights are missing here
+        — a fresh clone has the git-tracked records but not the DVC-cached weights; a lent GPU sends back
+        records only — is first retrained for them (``restore_weights``)."""
         cfg = normalize_config(cfg)
         key = run_key(cfg)
+        if not (self.weights / f"{key}.pt").is_file():
+            self.restore_weights(cfg)
         state = torch.load(self.weights / f"{key}.pt", map_location=device, weights_only=True)
         d = cfg["dataset"]
         e = data_mod.entry(d["name"])
@@ -441,6 +473,11 @@ class RunStore:
         model = build_model(cfg["model"], n_in, n_out)
         model.load_state_dict(state["model"])
         return model, state["rule"]
+
+
+def _history_digits(history: list[dict]) -> list[dict]:
+    """A history without its wall-clock entries: what a bitwise-equal retrain reproduces."""
+    return [{k: v for k, v in h.items() if not k.startswith("time")} for h in history]
 
 
 def jsonable_tensors(state: dict) -> dict:
@@ -498,6 +535,20 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:  # not Linux: workers finish their current run, then the pool shuts down
         pass
+
+
+@contextmanager
+def torch_threads(n: int = 1):
+    """Run the block on ``n`` intra-op CPU threads (every sweep worker trains on one), then restore the
+    caller's count. A float32 reduction's result depends on how many threads split it, so a diagnostic
+    computed inside a notebook (not a cached run) gave different low-order digits at 1 and 2 threads;
+    fixing the count keeps its metrics byte-stable whatever the machine's cores or load."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _worker(args):

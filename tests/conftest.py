@@ -1,8 +1,14 @@
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# One intra-op thread for the suite and every process it starts (papermill kernels, sweep workers), unless
+# the caller sets OMP_NUM_THREADS: the tests' tensors are tiny, and two OpenMP threads on a loaded 2-core
+# machine spin-wait for each other — the weight-mirroring test took 81 s at 2 threads beside two training
+# runs and 0.5 s at 1. Set before torch is imported, which reads it once.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("REPRO_DATA_MIRROR", ROOT.parent / "shared" / "datasets"))

@@ -316,3 +316,51 @@ def test_bad_checkpoint_interval_is_one_clear_line(monkeypatch):
     monkeypatch.setenv("REPRO_CHECKPOINT_S", "soon")
     with pytest.raises(ConfigError, match="REPRO_CHECKPOINT_S"):
         T.checkpoint_seconds()
+
+
+def test_torch_threads_fixes_the_count_inside_and_restores_it_after():
+    from repro.train import torch_threads
+    old = torch.get_num_threads()
+    seen = []
+
+    @torch_threads(1)
+    def diag():
+        seen.append(torch.get_num_threads())
+        raise ValueError("boom")
+
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError):
+            diag()
+        assert seen == [1] and torch.get_num_threads() == 2  # restored even after an exception
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_missing_weights_of_a_cached_run_are_retrained_bitwise(tiny, tmp_path, capsys):
+    """A fresh clone has the git-tracked run records but not the DVC-cached weights: a figure that loads
+    weights retrains the run for them, on the record's thread count, with the same history bitwise."""
+    store = RunStore(tmp_path / "runs", tmp_path / "weights")
+    c = cfg(seed=1, rule={"name": "dfa"})
+    rec = sweep([c], store, progress=False)[0]
+    original, _ = store.load_weights(c)
+    (tmp_path / "weights" / f"{run_key(c)}.pt").unlink()
+    n = len(tiny)
+    model, rule_state = store.load_weights(c)
+    assert len(tiny) == n + 1  # trained once more
+    for p, q in zip(model.parameters(), original.parameters()):
+        assert torch.equal(p, q)
+    assert set(rule_state) == {"B0", "B1"}
+    out = capsys.readouterr().out
+    assert "retraining it" in out and "differs" not in out
+    assert json.loads(store.path(run_key(c)).read_text()) == rec  # the record is left as it was
+    assert store.restore_weights(c) is False and len(tiny) == n + 1  # weights present: nothing to do
+    # a record from elsewhere whose history the retrain does not reproduce: said in one line, weights kept
+    (tmp_path / "weights" / f"{run_key(c)}.pt").unlink()
+    rec["history"][-1]["test_loss"] += 1.0
+    store.path(run_key(c)).write_text(json.dumps(rec))
+    store.load_weights(c)
+    assert "differs from the cached record" in capsys.readouterr().out

@@ -8,6 +8,7 @@ import pandas as pd
 import seaborn as sns
 
 from ..rules import rule_config
+from ..train import torch_threads
 from .common import measured, run_for_dataset
 
 PARADIGMS = ("BP+AD", "BP+DD", "FF+AD", "FF+DD")
@@ -252,6 +253,7 @@ def plot_predicted_vs_true(pairs: dict):
 
 
 # ------------------------------------------------------------------- diagnostic: DD vs true gradient
+@torch_threads(1)  # as the runs train: the same digits at any core count (was 2 threads in notebooks)
 def dd_cosine(P: dict):
     """Cosine between the DD estimate and the true gradient vs the size d of the perturbed block:
     BP+DD perturbs the whole network (global CE), FF+DD one layer (its local hinge loss). Real MNIST

@@ -11,7 +11,8 @@ import seaborn as sns
 import torch
 
 from ..rules import Batch
-from ..train import build, load_data, make_optimizer, normalize_config, resolve_device, train_step
+from ..train import (build, load_data, make_optimizer, normalize_config, resolve_device, torch_threads,
+                     train_step)
 from .common import (budget, final_frame, fixed_jitter, history_frame, mark_diverged, measured, run_all,
                      run_for_dataset, store_for)
 
@@ -187,6 +188,7 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
     return out
 
 
+@torch_threads(1)  # as the runs train: the same digits at any core count
 def update_sparsity(P: dict, dataset: str, steps: int = 20, level: str = "full") -> pd.DataFrame:
     """ftp.md §8: per weight layer, the fraction of update entries that are exactly zero after rounding
     (``zero_update``: the rule wrote 0 into ``.grad`` — the rounded learning signal vanished) and the
