@@ -38,3 +38,18 @@ def test_strip_plots_are_byte_stable_and_leave_numpy_rng_alone():
     np.random.uniform(size=7)  # a different global state must not change the figure
     second = [_png(f3.plot_gap(fin, metrics, order)), _png(f3.plot_mnist_error(fin, order))]
     assert first == second
+
+
+def test_vit_scale_flags_a_reduced_run_and_the_figure_says_so():
+    full = f3.vit_scale({"epochs": 100, "n_train": None})
+    assert full == {"epochs": 100, "n_train": 60000, "reduced": False}
+    assert f3.vit_scale({"epochs": 100, "n_train": 10000})["reduced"]
+    small = f3.vit_scale({"epochs": 20, "n_train": None})
+    assert small["reduced"]
+    fin = pd.DataFrame({"algorithm": ["BP", "F3"], "status": ["ok", "ok"], "best_test_error": [3.0, 4.0]})
+    fig = f3.plot_vit(fin, small)
+    assert "REDUCED" in fig.axes[0].get_title() and "20 epochs" in fig.axes[0].get_title()
+    plt.close(fig)
+    fig = f3.plot_vit(fin, full)
+    assert "REDUCED" not in fig.axes[0].get_title()
+    plt.close(fig)

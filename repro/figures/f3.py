@@ -177,16 +177,33 @@ def vit_metrics(fin: pd.DataFrame) -> dict:
     return m
 
 
-def plot_vit(fin: pd.DataFrame):
+VIT_PAPER_SCALE = {"epochs": 100, "n_train": 60000}  # f3.md §3.6 E5: full MNIST training set, 100 epochs
+
+
+def vit_scale(P: dict) -> dict:
+    """The scale a Fig. 4b sweep ran at, and whether it is below the paper's (recorded in the metrics)."""
+    s = {"epochs": int(P["epochs"]), "n_train": int(P.get("n_train") or VIT_PAPER_SCALE["n_train"])}
+    return {**s, "reduced": any(s[k] < VIT_PAPER_SCALE[k] for k in s)}
+
+
+def plot_vit(fin: pd.DataFrame, scale: dict | None = None):
     ok = fin[fin.status == "ok"].assign(best_test_acc=lambda f: 100.0 - f.best_test_error)
     fig, ax = plt.subplots(figsize=(6, 4))
     order = [a for a in ("BP", "DFA", "DRTP", "F3") if a in set(ok.algorithm)]
-    sns.barplot(ok, x="algorithm", y="best_test_acc", order=order, errorbar="sd", ax=ax,
-                palette=[PALETTE.get(a, PALETTE["F3-Error"]) for a in order])
+    sns.barplot(ok, x="algorithm", y="best_test_acc", hue="algorithm", order=order, hue_order=order,
+                errorbar="sd", ax=ax, legend=False,
+                palette={a: PALETTE.get(a, PALETTE["F3-Error"]) for a in order})
+    for bars in ax.containers:
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.axhline(10, color="grey", ls=":", lw=1, label="chance")
+    ax.set_ylim(0, 112)  # room for the legend above the bars' labels
     ax.set_ylabel("best test accuracy in the run (%)")
     ax.set_xlabel("")
-    ax.set_title("F³ Fig. 4b: simplified ViT on MNIST (blocks as layers)")
+    title = "F³ Fig. 4b: simplified ViT on MNIST (blocks as layers)"
+    if scale and scale.get("reduced"):
+        title += (f"\nREDUCED: {scale['n_train']:,} training images, {scale['epochs']} epochs "
+                  f"(paper: {VIT_PAPER_SCALE['n_train']:,} × {VIT_PAPER_SCALE['epochs']})")
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
