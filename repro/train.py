@@ -436,7 +436,7 @@ class RunStore:
         if rec is None:
             self.put(res)
             return True
-        if _history_digits(res.record["history"]) != _history_digits(rec["history"]):
+        if history_digits(res.record["history"]) != history_digits(rec["history"]):
             print(f"run {key}: the retrained history differs from the cached record's (device "
                   f"{rec['env'].get('device')} → {res.record['env'].get('device')}); using the new weights", flush=True)
         self._put_weights(res)
@@ -475,7 +475,7 @@ class RunStore:
         return model, state["rule"]
 
 
-def _history_digits(history: list[dict]) -> list[dict]:
+def history_digits(history: list[dict]) -> list[dict]:
     """A history without its wall-clock entries: what a bitwise-equal retrain reproduces."""
     return [{k: v for k, v in h.items() if not k.startswith("time")} for h in history]
 

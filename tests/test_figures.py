@@ -44,12 +44,15 @@ def test_vit_scale_flags_a_reduced_run_and_the_figure_says_so():
     full = f3.vit_scale({"epochs": 100, "n_train": None})
     assert full == {"epochs": 100, "n_train": 60000, "reduced": False}
     assert f3.vit_scale({"epochs": 100, "n_train": 10000})["reduced"]
-    small = f3.vit_scale({"epochs": 20, "n_train": None})
-    assert small["reduced"]
-    fin = pd.DataFrame({"algorithm": ["BP", "F3"], "status": ["ok", "ok"], "best_test_error": [3.0, 4.0]})
+    assert f3.vit_scale({"epochs": 20, "n_train": None})["reduced"]
+    fin = pd.DataFrame({"algorithm": ["BP", "F3"], "status": ["ok", "ok"], "best_test_error": [3.0, 4.0],
+                        "final_test_error": [3.5, 4.5]})
+    small = {"epochs": 20, "n_train": 10000, "seeds": [1]}
+    assert f3.vit_metrics(fin, small)["scale"]["reduced"]
     fig = f3.plot_vit(fin, small)
-    assert "REDUCED" in fig.axes[0].get_title() and "20 epochs" in fig.axes[0].get_title()
+    title = fig.axes[0].get_title()
+    assert "20 epochs" in title and "first 10,000 training samples" in title and "100 epochs on all 60,000" in title
     plt.close(fig)
-    fig = f3.plot_vit(fin, full)
-    assert "REDUCED" not in fig.axes[0].get_title()
+    fig = f3.plot_vit(fin, {"epochs": 100, "n_train": None, "seeds": [1]})
+    assert "first" not in fig.axes[0].get_title()
     plt.close(fig)

@@ -36,7 +36,7 @@ def tiny(monkeypatch):
 
 def metrics(rec):
     """Per-epoch metrics without wall-clock times."""
-    return [{k: v for k, v in h.items() if not k.startswith("time")} for h in rec["history"]]
+    return T.history_digits(rec["history"])
 
 
 @pytest.mark.parametrize("rule", [{"name": "bp"}, {"name": "dfa"}, {"name": "f3"}, {"name": "pepita"}])
@@ -209,12 +209,8 @@ def test_code_still_reproduces_committed_runs(mirror, monkeypatch, algorithm):
     if not recs:
         pytest.skip("no committed wine run for this algorithm")
     rec = recs[0]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with T.torch_threads(1):
         new = T.train({**rec["config"], "epochs": 2}).record
-    finally:
-        torch.set_num_threads(threads)
     for a, b in zip(new["history"], rec["history"][:3]):
         assert (a["epoch"], a["train_loss"], a["test_loss"]) == (b["epoch"], b["train_loss"], b["test_loss"])
 

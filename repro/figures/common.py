@@ -155,4 +155,5 @@ def budget(P: dict | None, spec: str = "100 epochs, 3 seeds") -> str:
     if P is None:
         return ""
     e, n = P["epochs"], len(P["seeds"])
-    return f"{e} epoch{'s' * (e != 1)}, {n} seed{'s' * (n != 1)} (spec: {spec})"
+    images = f" on the first {P['n_train']:,} training samples" if P.get("n_train") else ""
+    return f"{e} epoch{'s' * (e != 1)}, {n} seed{'s' * (n != 1)}{images} (spec: {spec})"

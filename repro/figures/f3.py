@@ -13,7 +13,7 @@ import seaborn as sns
 
 from ..rules import rule_config
 from ..rules.f3 import F3
-from .common import agg, final_frame, fixed_jitter, gap_closed, history_frame, run_all, store_for
+from .common import agg, budget, final_frame, fixed_jitter, gap_closed, history_frame, run_all, store_for
 
 # Numbers printed in the paper (f3.md §4), drawn as references.
 REPORTED = {
@@ -161,7 +161,16 @@ def vit_jobs(P: dict) -> list[dict]:
     return jobs
 
 
-def vit_metrics(fin: pd.DataFrame) -> dict:
+VIT_PAPER_SCALE = {"epochs": 100, "n_train": 60000}  # f3.md §3.6 E5: full MNIST training set, 100 epochs
+
+
+def vit_scale(P: dict) -> dict:
+    """The scale a Fig. 4b sweep ran at, and whether it is below the paper's (recorded in the metrics)."""
+    s = {"epochs": int(P["epochs"]), "n_train": int(P.get("n_train") or VIT_PAPER_SCALE["n_train"])}
+    return {**s, "reduced": any(s[k] < VIT_PAPER_SCALE[k] for k in s)}
+
+
+def vit_metrics(fin: pd.DataFrame, P: dict | None = None) -> dict:
     """Best test accuracy over the epochs (the paper's Fig. 4b measure) and final, per algorithm; the §4
     qualitative claim as checks: DRTP above chance (10 %) but below F³, DFA and BP."""
     ok = fin[fin.status == "ok"].assign(best_test_acc=lambda f: 100.0 - f.best_test_error,
@@ -174,19 +183,12 @@ def vit_metrics(fin: pd.DataFrame) -> dict:
         m["f3_minus_bp_best_acc"] = b["F3"] - b["BP"]
     if {"DRTP", "F3", "DFA", "BP"} <= set(b):
         m["drtp_above_chance_below_others"] = bool(10.0 < b["DRTP"] < min(b["F3"], b["DFA"], b["BP"]))
+    if P is not None:
+        m["scale"] = vit_scale(P)
     return m
 
 
-VIT_PAPER_SCALE = {"epochs": 100, "n_train": 60000}  # f3.md §3.6 E5: full MNIST training set, 100 epochs
-
-
-def vit_scale(P: dict) -> dict:
-    """The scale a Fig. 4b sweep ran at, and whether it is below the paper's (recorded in the metrics)."""
-    s = {"epochs": int(P["epochs"]), "n_train": int(P.get("n_train") or VIT_PAPER_SCALE["n_train"])}
-    return {**s, "reduced": any(s[k] < VIT_PAPER_SCALE[k] for k in s)}
-
-
-def plot_vit(fin: pd.DataFrame, scale: dict | None = None):
+def plot_vit(fin: pd.DataFrame, P: dict | None = None):
     ok = fin[fin.status == "ok"].assign(best_test_acc=lambda f: 100.0 - f.best_test_error)
     fig, ax = plt.subplots(figsize=(6, 4))
     order = [a for a in ("BP", "DFA", "DRTP", "F3") if a in set(ok.algorithm)]
@@ -199,11 +201,9 @@ def plot_vit(fin: pd.DataFrame, scale: dict | None = None):
     ax.set_ylim(0, 112)  # room for the legend above the bars' labels
     ax.set_ylabel("best test accuracy in the run (%)")
     ax.set_xlabel("")
-    title = "F³ Fig. 4b: simplified ViT on MNIST (blocks as layers)"
-    if scale and scale.get("reduced"):
-        title += (f"\nREDUCED: {scale['n_train']:,} training images, {scale['epochs']} epochs "
-                  f"(paper: {VIT_PAPER_SCALE['n_train']:,} × {VIT_PAPER_SCALE['epochs']})")
-    ax.set_title(title, fontsize=10)
+    spec = f"{VIT_PAPER_SCALE['epochs']} epochs on all {VIT_PAPER_SCALE['n_train']:,}"
+    ax.set_title("F³ Fig. 4b: simplified ViT on MNIST (blocks as layers)" + (f"\n{budget(P, spec)}" if P else ""),
+                 fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
