@@ -383,7 +383,9 @@ class RunStore:
     def __init__(self, runs_dir: str | Path, weights_dir: str | Path | None = None,
                  shared: list[tuple[Path, Path]] = ()):
         """``shared``: other stores' (runs, weights) folders. A run missing here but finished there (the
-        same config in another figure) is copied in — weights first, the JSON last — not retrained."""
+        same config in another figure) is copied in — weights first, the JSON last — not retrained. A
+        finished run whose weights that store lacks (a fresh clone: records in git, weights in DVC) is
+        copied as its record alone; ``load_weights`` retrains it for its weights only if a figure asks."""
         self.runs = Path(runs_dir)
         self.weights = Path(weights_dir) if weights_dir is not None else self.runs
         self.runs.mkdir(parents=True, exist_ok=True)
@@ -398,10 +400,11 @@ class RunStore:
         p = self.path(key)
         if not p.is_file():
             for runs, weights in self.shared:
-                if (runs / f"{key}.json").is_file() and (weights / f"{key}.pt").is_file():
+                if (runs / f"{key}.json").is_file():
                     tag = f"{os.getpid()}.tmp"  # per process: two sweeps may copy the same run at once
-                    shutil.copyfile(weights / f"{key}.pt", self.weights / f".{key}.pt.{tag}")
-                    os.replace(self.weights / f".{key}.pt.{tag}", self.weights / f"{key}.pt")
+                    if (weights / f"{key}.pt").is_file():
+                        shutil.copyfile(weights / f"{key}.pt", self.weights / f".{key}.pt.{tag}")
+                        os.replace(self.weights / f".{key}.pt.{tag}", self.weights / f"{key}.pt")
                     shutil.copyfile(runs / f"{key}.json", self.runs / f".{key}.json.{tag}")
                     os.replace(self.runs / f".{key}.json.{tag}", p)
                     break

@@ -92,6 +92,16 @@ def test_a_run_finished_in_another_stage_is_copied_not_retrained(tiny, tmp_path)
     key = run_key(cfg(seed=1))
     assert (b.runs / f"{key}.json").is_file() and (b.weights / f"{key}.pt").is_file()  # self-contained
     assert sweep([cfg(seed=2)], b, progress=False)[0]["status"] == "ok" and len(tiny) == n + 1
+    # a fresh clone: the other stage's record is in git, its weights are not — the record alone is copied
+    # (no retraining), and the weights are retrained, bitwise, only when a figure loads them
+    (a.weights / f"{key}.pt").unlink()
+    c = store_for("fig_c", tmp_path)
+    assert sweep([cfg(seed=1)], c, progress=False)[0] == rec and len(tiny) == n + 1
+    assert (c.runs / f"{key}.json").is_file() and not (c.weights / f"{key}.pt").exists()
+    model, _ = c.load_weights(cfg(seed=1))
+    assert len(tiny) == n + 2 and (c.weights / f"{key}.pt").is_file()
+    for p, q in zip(model.parameters(), b.load_weights(cfg(seed=1))[0].parameters()):
+        assert torch.equal(p, q)
 
 
 def test_killed_sweep_resumes_without_redoing_or_corrupting(tiny, tmp_path, monkeypatch):
