@@ -231,8 +231,13 @@ def test_diverged_runs_count_at_chance_and_an_untrained_ftp_cannot_be_robust():
     assert q["ftp_drops_le4_bits"]["2"] == {"FTP": 0.0, "BP": 58.0}
     assert q["ftp_degrades_less_than_bp_le4"] is False  # nothing to lose: it never learned
     assert q["ftp_os_degrades_less_than_bp_le4"] is True  # 7 < 18 and 37 < 58
+    assert q["seeds"] == [1] and q["final_test_acc_sd"]["full"]["BP"]["4"] == 0.0  # one seed: no spread
     rows[-1] = row(F.FTP_OS, 2, 30.0)
     assert F.quantized_metrics(pd.DataFrame(rows))["ftp_os_degrades_less_than_bp_le4"] is False
+    two = rows + [{**row("BP", 4, 84.0), "seed": 2}]  # a second seed: mean and sample sd over seeds
+    q2 = F.quantized_metrics(pd.DataFrame(two))
+    assert q2["seeds"] == [1, 2] and q2["final_test_acc"]["full"]["BP"]["4"] == 82.0
+    assert abs(q2["final_test_acc_sd"]["full"]["BP"]["4"] - 8 ** 0.5) < 1e-12
 
 
 def test_noise_robustness_is_judged_where_a_method_still_learns():

@@ -164,14 +164,16 @@ TRAINED_MIN_ACC = 50.0  # % — a method whose clean (32-bit) run is below this 
 
 
 def quantized_metrics(fin: pd.DataFrame) -> dict:
-    """Mean final accuracy per level, method and bit width (diverged runs at their measured, chance-level
-    accuracy); the claims' check on the ``full`` level: at every bit width ≤ 4, each FTP reading's drop from
+    """Mean (and sd over seeds) final accuracy per level, method and bit width (diverged runs at their
+    measured, chance-level accuracy); the claims' check on the ``full`` level: at every bit width ≤ 4, each FTP reading's drop from
     its own 32-bit accuracy is smaller than BP's. A reading whose 32-bit run did not learn (below
     ``TRAINED_MIN_ACC``) fails the check: it cannot "keep" an accuracy it never had."""
     ok = measured(fin)
     acc = {lvl: {m: {str(b): float(g[g.bits == b].final_test_acc.mean()) for b in sorted(set(g.bits))}
                  for m, g in d.groupby("method")} for lvl, d in ok.groupby("level")}
-    out = {"final_test_acc": acc,
+    sd = {lvl: {m: {str(b): float(g[g.bits == b].final_test_acc.std(ddof=1)) if (g.bits == b).sum() > 1 else 0.0
+                    for b in sorted(set(g.bits))} for m, g in d.groupby("method")} for lvl, d in ok.groupby("level")}
+    out = {"final_test_acc": acc, "final_test_acc_sd": sd, "seeds": sorted(int(s) for s in set(fin.seed)),
            "diverged": {lvl: {m: int((g.status == "diverged").sum()) for m, g in d.groupby("method")}
                         for lvl, d in fin.groupby("level")}}
     full = acc.get("full", {})
