@@ -57,8 +57,9 @@ def table_jobs(P: dict, dataset: str) -> list[dict]:
     for seed in P["seeds"]:
         jobs += [_fc_job(P, dataset, m, seed, gamma=P["gamma"] if m.startswith("FTP") else None)
                  for m in P["methods"]]
-        C = P.get("cnn")
-        for m in (C or {}).get("methods", []):  # the 1-conv CNN of the MAC sheet (ftp.md §4.2): "<method> CNN"
+        C = P.get("cnn") or {}
+        cnn_seeds = C.get("seeds", P["seeds"])  # the CNN rows may run fewer seeds (cost; README)
+        for m in C.get("methods", []) if seed in cnn_seeds else []:  # the 1-conv CNN of the MAC sheet (ftp.md §4.2)
             rule = {"BP": {"name": "bp"}, "FTP": {"name": "ftp", "gamma": P["gamma"]}, "DRTP": {"name": "drtp"},
                     "PEPITA": {"name": "pepita", "keep": 1.0}}[m]  # the conv nets train without dropout
             cnn = {"channels": list(C["channels"]), "kernel": C["kernel"], "padding": 0, "bn": False, "bias": False}
