@@ -240,13 +240,16 @@ def plot_quantized_loss(hist: pd.DataFrame, dataset: str, level: str = "full"):
     """Training loss per epoch at each bit width (one level): tells a run that blew up (loss → 10⁶, then
     stuck at ln 10 with a dead net) from one that stalled (loss flat from the start)."""
     h = hist[(hist.level == level) & (hist.epoch >= 1)]
-    g = sns.relplot(h, x="epoch", y="train_loss", hue="method", col="bits", col_wrap=4, kind="line", marker=".",
-                    height=2.4, aspect=1.2, errorbar=None, col_order=sorted(set(h.bits), reverse=True),
-                    facet_kws={"sharey": False})
+    # one line per seed (no mean: a seed that blows up to 10²⁰ would hide the others)
+    g = sns.relplot(h, x="epoch", y="train_loss", hue="method", units="seed", estimator=None, col="bits",
+                    col_wrap=4, kind="line", marker=".", height=2.4, aspect=1.2, alpha=0.8,
+                    col_order=sorted(set(h.bits), reverse=True), facet_kws={"sharey": False})
     g.set(yscale="log")
     g.set_titles("{col_name} bits", size=9)
     g.set_axis_labels("epoch", "training loss (log)")
-    g.figure.suptitle(f"Training loss under quantisation ({level} level), {dataset}", y=1.03)
+    n = h.seed.nunique()
+    g.figure.suptitle(f"Training loss under quantisation ({level} level), {dataset}"
+                      + (f": one line per seed ({n} seeds)" if n > 1 else ""), y=1.03)
     return g.figure
 
 
@@ -270,16 +273,22 @@ def plot_sparsity(sp: pd.DataFrame, dataset: str, steps: int):
 
 def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     d = measured(fin)
-    g = sns.relplot(d, x="bits", y="final_test_acc", hue="method", col="level", kind="line", marker="o",
-                    errorbar="sd", height=3.2, aspect=1.15)
+    order = list(dict.fromkeys(d.method))
+    # band = min–max over seeds, dots = the seeds: a method that blows up in some seeds only is bimodal, and a
+    # ± sd band would reach past 0 and 100 %
+    g = sns.relplot(d, x="bits", y="final_test_acc", hue="method", hue_order=order, col="level", kind="line",
+                    marker="o", errorbar=("pi", 100), height=3.2, aspect=1.15)
     for (level, ax) in g.axes_dict.items():
+        sns.scatterplot(d[d.level == level], x="bits", y="final_test_acc", hue="method", hue_order=order, s=16,
+                        alpha=0.6, legend=False, ax=ax)
         mark_diverged(ax, d[d.level == level], "bits")
         ax.set_xscale("log", base=2)
         ticks = sorted(set(d.bits))
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.invert_xaxis()
     g.set_axis_labels("bits (32 = float)", "final test accuracy (%)")
-    g.figure.suptitle(f"FTP vs BP under quantisation, {dataset} (mean ± std over seeds; × = diverged)"
+    g.figure.suptitle(f"FTP vs BP under quantisation, {dataset} (line: mean over seeds; band: min–max; dots: seeds;"
+                      " × = diverged)"
                       + (f"\n{budget(P)}" if P else ""), y=1.03 if P is None else 1.08)
     return g.figure
 
