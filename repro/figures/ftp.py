@@ -13,7 +13,7 @@ import torch
 from ..rules import Batch
 from ..train import (build, load_data, make_optimizer, normalize_config, resolve_device, torch_threads,
                      train_step)
-from .common import (budget, final_frame, fixed_jitter, history_frame, mark_diverged, measured, run_all,
+from .common import (agg, budget, final_frame, fixed_jitter, history_frame, mark_diverged, measured, run_all,
                      run_for_dataset, store_for)
 
 
@@ -164,16 +164,23 @@ def run_quantized(P: dict, dataset: str, results: str = "results"):
 TRAINED_MIN_ACC = 50.0  # % — a method whose clean (32-bit) run is below this did not learn (MNIST chance: 10 %)
 
 
+def quantized_stats(fin: pd.DataFrame) -> pd.DataFrame:
+    """Final test accuracy over seeds (``agg``: mean, std, min, max, n) per level, method and bit width;
+    diverged runs count at their measured, chance-level accuracy."""
+    return pd.DataFrame([{"level": lvl, "method": m, "bits": b, **agg(g.final_test_acc)}
+                         for (lvl, m, b), g in measured(fin).groupby(["level", "method", "bits"])])
+
+
 def quantized_metrics(fin: pd.DataFrame) -> dict:
-    """Mean (and sd over seeds) final accuracy per level, method and bit width (diverged runs at their
-    measured, chance-level accuracy); the claims' check on the ``full`` level: at every bit width ≤ 4, each FTP reading's drop from
-    its own 32-bit accuracy is smaller than BP's. A reading whose 32-bit run did not learn (below
+    """Mean (and sd over seeds) final accuracy per level, method and bit width (``quantized_stats``); the
+    claims' check on the ``full`` level: at every bit width ≤ 4, each FTP reading's drop from its own
+    32-bit accuracy is smaller than BP's. A reading whose 32-bit run did not learn (below
     ``TRAINED_MIN_ACC``) fails the check: it cannot "keep" an accuracy it never had."""
-    ok = measured(fin)
-    acc = {lvl: {m: {str(b): float(g[g.bits == b].final_test_acc.mean()) for b in sorted(set(g.bits))}
-                 for m, g in d.groupby("method")} for lvl, d in ok.groupby("level")}
-    sd = {lvl: {m: {str(b): float(g[g.bits == b].final_test_acc.std(ddof=1)) if (g.bits == b).sum() > 1 else 0.0
-                    for b in sorted(set(g.bits))} for m, g in d.groupby("method")} for lvl, d in ok.groupby("level")}
+    acc: dict = {}
+    sd: dict = {}
+    for r in quantized_stats(fin).itertuples():
+        acc.setdefault(r.level, {}).setdefault(r.method, {})[str(r.bits)] = r.mean
+        sd.setdefault(r.level, {}).setdefault(r.method, {})[str(r.bits)] = r.std
     out = {"final_test_acc": acc, "final_test_acc_sd": sd, "seeds": sorted(int(s) for s in set(fin.seed)),
            "diverged": {lvl: {m: int((g.status == "diverged").sum()) for m, g in d.groupby("method")}
                         for lvl, d in fin.groupby("level")}}
