@@ -160,8 +160,8 @@ class MLP(nn.Module):
         h = self.act.fn(z)
         if hw is not None:
             h = hw.act(h)
-            if h.requires_grad and hw.cfg["signals"]:  # BP: round the back-propagated error
-                h.register_hook(hw.signal)
+            if h.requires_grad and "errors" in hw.signals:  # BP: round the back-propagated error
+                h.register_hook(lambda g: hw.signal(g, "errors"))
         return z, h
 
     def forward_all(self, x: torch.Tensor, masks: list[torch.Tensor] | None = None):

@@ -53,6 +53,15 @@ def read_noise(w: torch.Tensor, rho: float, generator: torch.Generator | None = 
     return w * (1 + rho * torch.randn(w.shape, generator=generator, dtype=w.dtype, device=w.device))
 
 
+SIGNAL_KINDS = ("correction", "targets", "errors")
+"""What ``hardware.signals`` can round, by name (``true`` = all of them):
+
+- ``correction``: the output error as it is sent back towards the input — FTP's first-target correction
+  (ψ(yG) − ψ(ŷG), or ψ(tG) − ψ(ŷG) for the output-step reading), PEPITA's output error e;
+- ``targets``: FTP's layer targets τ_l, held between its two passes (MLPs);
+- ``errors``: the per-layer error a weight update is built from — BP's back-propagated errors, FTP's local
+  errors h − τ, PEPITA's activity differences h − h̃, the projected feedback e·B of DFA/DRTP/F³."""
+
 HARDWARE_DEFAULTS = {"bits": 32, "weights": False, "activations": False, "signals": False,
                      "weight_rounding": "stochastic", "write_noise": 0.0, "read_noise": 0.0}
 
@@ -64,9 +73,11 @@ class Hardware:
       rounding by default; no float master copy), then ``write_noise`` (κ) is added;
     - ``activations``: every hidden activation of every forward pass is rounded to the grid (with a
       straight-through gradient when autograd is on); ``read_noise`` (ρ) perturbs W in every pass;
-    - ``signals``: learning signals are rounded — BP's back-propagated errors at every hidden layer, and
-      each forward-only rule's own signals (FTP's correction, targets and local errors; PEPITA's error
-      and activity differences; the projected feedback of DFA/DRTP/F³)."""
+    - ``signals``: learning signals are rounded — ``true`` for every kind in :data:`SIGNAL_KINDS`
+      (BP's back-propagated errors at every hidden layer, and each forward-only rule's own signals: FTP's
+      correction, targets and local errors; PEPITA's error and activity differences; the projected
+      feedback of DFA/DRTP/F³), or a list of kinds to round only those (an ablation: which rounded
+      signal breaks a rule)."""
 
     def __init__(self, cfg: dict):
         unknown = set(cfg) - set(HARDWARE_DEFAULTS)
@@ -77,6 +88,14 @@ class Hardware:
         for k in ("write_noise", "read_noise"):
             if not isinstance(c[k], (int, float)) or c[k] < 0:
                 raise ConfigError(f"hardware.{k}={c[k]!r} must be a non-negative number")
+        sig = c["signals"]
+        if isinstance(sig, bool):
+            self.signals = frozenset(SIGNAL_KINDS if sig else ())
+        elif isinstance(sig, (list, tuple)) and all(isinstance(k, str) for k in sig) \
+                and set(sig) <= set(SIGNAL_KINDS):
+            self.signals = frozenset(sig)
+        else:
+            raise ConfigError(f"hardware.signals={sig!r} must be true, false or a list of {list(SIGNAL_KINDS)}")
         self.cfg = c
         self.bits = c["bits"]
 
@@ -90,8 +109,11 @@ class Hardware:
             return h + (self.q(h.detach()) - h).detach()
         return self.q(h)
 
-    def signal(self, t: torch.Tensor) -> torch.Tensor:
-        return self.q(t) if self.cfg["signals"] else t
+    def signal(self, t: torch.Tensor, kind: str) -> torch.Tensor:
+        """A learning signal of ``kind`` (one of :data:`SIGNAL_KINDS`), rounded when that kind is."""
+        if kind not in SIGNAL_KINDS:
+            raise ValueError(f"signal kind {kind!r} is not one of {SIGNAL_KINDS}")
+        return self.q(t) if kind in self.signals else t
 
     def weight(self, w: torch.Tensor) -> torch.Tensor:
         """The weight as one forward pass reads it (read noise)."""

@@ -268,3 +268,50 @@ def test_noise_robustness_is_judged_where_a_method_still_learns():
     # every noisy setting at chance for both → robustness not shown
     m = F.noise_metrics(fin([("BP", 0.0, 98.0), ("BP", 0.1, 9.8), (os_, 0.0, 97.0), (os_, 0.1, 9.8)]))
     assert m["compared_at"]["write_noise"][os_] is None and m["ftp_os_more_robust_write_noise"] is False
+
+
+@pytest.mark.parametrize("kinds", [[], ["correction"], ["targets"], ["errors"], True])
+def test_rounded_signal_kinds_are_the_formula_with_only_those_rounded(kinds):
+    """``hardware.signals`` as a list rounds only the named kinds (issue #5's ablation of quantised FTP):
+    the first-target correction, the targets τ_l, the local errors h − τ; ``true`` rounds all three."""
+    from repro.quant import Hardware, quantize
+    m, r, b = setup(gamma=0.3)
+    m.hw = Hardware({"bits": 3, "signals": kinds})
+    on = {"correction", "targets", "errors"} if kinds is True else set(kinds)
+    q = lambda t, k: quantize(t, 3) if k in on else t  # noqa: E731
+    r.step(m, b)
+    _, hs = m.forward_all(b.x)
+    yhat = torch.softmax(hs[-1], 1)
+    t1 = q(hs[1] + q(0.3 * (torch.tanh(b.y @ r.G) - torch.tanh(yhat @ r.G)), "correction"), "targets")
+    t2 = q(torch.tanh(m.layers[1](t1)), "targets")
+    for i, (t, lin) in enumerate(zip((t1, t2), m.layers)):
+        d = q(hs[i + 1] - t, "errors") * (1 - hs[i + 1] ** 2)
+        torch.testing.assert_close(lin.weight.grad, d.t() @ hs[i] / 7)
+    if on:  # the rounding is not a no-op on these tensors
+        plain = setup(gamma=0.3)
+        plain[1].step(plain[0], plain[2])
+        assert not torch.allclose(plain[0].layers[0].weight.grad, m.layers[0].weight.grad)
+
+
+def test_bad_signal_kinds_name_the_parameter():
+    from repro.models import ConfigError
+    from repro.quant import Hardware
+    for bad in (["error"], "errors", [1], None):
+        with pytest.raises(ConfigError, match=r"hardware\.signals=.*must be true, false or a list of"):
+            Hardware({"bits": 4, "signals": bad})
+
+
+def test_quantised_levels_build_their_hardware_and_unknown_levels_are_named():
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    P = {**load_params("ftp_quantized", root / "params.yaml"), "seeds": [1], "bits": [32, 6],
+         "levels": ["full", "weights+activations+targets"]}
+    hw = {(j["level"], j["bits"], j["method"]): j["config"].get("hardware") for j in F.quantized_jobs(P, "mnist")}
+    assert hw[("full", 32, "BP")] is None  # 32 bits = the float run, whatever the level
+    assert hw[("full", 6, "BP")]["signals"] is True
+    assert hw[("weights+activations+targets", 6, F.FTP_OS)] == {
+        "bits": 6, "weights": True, "activations": True, "signals": ["targets"], "weight_rounding": "stochastic"}
+    with pytest.raises(ConfigError, match=r"ftp_quantized\.levels: \['signals'\] unknown; allowed: weights, "):
+        F.quantized_jobs({**P, "levels": ["signals"]}, "mnist")

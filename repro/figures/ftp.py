@@ -10,6 +10,8 @@ import pandas as pd
 import seaborn as sns
 import torch
 
+from ..models import ConfigError
+from ..quant import SIGNAL_KINDS
 from ..rules import Batch
 from ..train import (build, load_data, make_optimizer, normalize_config, resolve_device, torch_threads,
                      train_step)
@@ -95,8 +97,7 @@ def metrics(fin: pd.DataFrame, P: dict) -> dict:
     sweep, and the claims' checks: each FTP reading within 2 points of BP at 32 bits."""
     ok = measured(fin)
     main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
-    out: dict = {"final_test_acc": {m: {"mean": float(g.final_test_acc.mean()), "std": float(g.final_test_acc.std(ddof=1))
-                                  if len(g) > 1 else 0.0, "n": int(len(g))} for m, g in main.groupby("method")},
+    out: dict = {"final_test_acc": {m: agg(g.final_test_acc) for m, g in main.groupby("method")},
            "best_test_acc": {m: float(g.best_test_acc.mean()) for m, g in main.groupby("method")},
            "gamma_sweep": {str(k): float(g.final_test_acc.mean()) for k, g in ok[ok.method == "FTP"].groupby("gamma")},
            "diverged": {m: int((g.status == "diverged").sum()) for m, g in fin.groupby("method")}}
@@ -145,12 +146,19 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
 # ------------------------------------------------------------------------------ quantised training
 LEVELS = {"weights": {"weights": True},
           "weights+activations": {"weights": True, "activations": True},
-          "full": {"weights": True, "activations": True, "signals": True}}
+          "full": {"weights": True, "activations": True, "signals": True},
+          # ablations of "full": weights, activations and ONE kind of learning signal rounded (quant.SIGNAL_KINDS)
+          **{f"weights+activations+{k}": {"weights": True, "activations": True, "signals": [k]}
+             for k in SIGNAL_KINDS}}
 
 
 def quantized_jobs(P: dict, dataset: str) -> list[dict]:
     """ftp.md §3.2 protocol: the same nets and training for every method; bit widths swept; three
-    ablation levels (weights; + activations; + learning signals); 32 bits = float for all levels."""
+    ablation levels (weights; + activations; + learning signals), and three finer ones that round a
+    single kind of learning signal (which one breaks a rule); 32 bits = float for all levels."""
+    bad = [lvl for lvl in P["levels"] if lvl not in LEVELS]
+    if bad:
+        raise ConfigError(f"ftp_quantized.levels: {bad} unknown; allowed: {', '.join(LEVELS)}")
     return [_fc_job(P, dataset, m, seed, bits=bits, level=level,
                     hardware={"bits": bits, **LEVELS[level], "weight_rounding": P["weight_rounding"]}
                     if bits < 32 else None)
@@ -284,7 +292,8 @@ def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     # band = min–max over seeds, dots = the seeds: a method that blows up in some seeds only is bimodal, and a
     # ± sd band would reach past 0 and 100 %
     g = sns.relplot(d, x="bits", y="final_test_acc", hue="method", hue_order=order, col="level", kind="line",
-                    marker="o", errorbar=("pi", 100), height=3.2, aspect=1.15)
+                    col_wrap=3 if d.level.nunique() > 3 else None, marker="o", errorbar=("pi", 100),
+                    height=3.2, aspect=1.15)
     for (level, ax) in g.axes_dict.items():
         sns.scatterplot(d[d.level == level], x="bits", y="final_test_acc", hue="method", hue_order=order, s=16,
                         alpha=0.6, legend=False, ax=ax)
@@ -314,7 +323,6 @@ def noise_jobs(P: dict, dataset: str) -> list[dict]:
     """Each kind of ``P['noise']`` swept over its values for every method (FC net, PEPITA's training)."""
     bad = set(P["noise"]) - set(NOISE_KINDS)
     if bad:
-        from ..models import ConfigError
         raise ConfigError(f"ftp_noise.noise: unknown kind(s) {sorted(bad)}; allowed: {sorted(NOISE_KINDS)}")
     return [_fc_job(P, dataset, m, seed, kind=kind, value=v,
                     hardware=NOISE_KINDS[kind][1](v) if v != NOISE_KINDS[kind][2] else None)

@@ -96,10 +96,11 @@ def dropout_masks(model: nn.Module, batch_size: int, keep: float, device) -> lis
     return [torch.bernoulli(torch.full((batch_size, n), keep, device=device)) / keep for n in model.sizes[1:-1]]
 
 
-def signal(model: nn.Module, t: torch.Tensor) -> torch.Tensor:
-    """A learning signal as the run's hardware model carries it (rounded when ``hardware.signals``)."""
+def signal(model: nn.Module, t: torch.Tensor, kind: str) -> torch.Tensor:
+    """A learning signal of ``kind`` (``correction``, ``targets`` or ``errors``; :data:`repro.quant.SIGNAL_KINDS`)
+    as the run's hardware model carries it (rounded when ``hardware.signals`` includes that kind)."""
     hw = getattr(model, "hw", None)
-    return t if hw is None else hw.signal(t)
+    return t if hw is None else hw.signal(t, kind)
 
 
 def set_grad(p: nn.Parameter, g: torch.Tensor) -> None:

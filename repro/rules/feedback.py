@@ -84,7 +84,7 @@ class DirectFeedback(Rule):
         if self.train_hidden:
             for i, (blk, o) in enumerate(zip(model.blocks, outs)):
                 ps = list(blk.parameters())
-                for p, g in zip(ps, torch.autograd.grad(o, ps, grad_outputs=signal(model, e @ self.B[i]))):
+                for p, g in zip(ps, torch.autograd.grad(o, ps, grad_outputs=signal(model, e @ self.B[i], "errors"))):
                     set_grad(p, g)
         return StepOut(loss_value(model.loss, y, batch.y), y)
 
@@ -102,7 +102,7 @@ class DirectFeedback(Rule):
             e = self.feedback(batch, y)
             for k in range(len(model.units) - 1):
                 act = model.act if k < nc else model.fc_act
-                dz = signal(model, e @ self.B[k]).view_as(outs[k]) * act.grad(pres[k], outs[k])
+                dz = signal(model, e @ self.B[k], "errors").view_as(outs[k]) * act.grad(pres[k], outs[k])
                 gw, gb = model.unit_grad(k, ins[k], dz)
                 set_grad(model.units[k].weight, gw)
                 if gb is not None:
@@ -127,7 +127,7 @@ class DirectFeedback(Rule):
         if self.train_hidden:
             e = self.feedback(batch, y)
             for i, lin in enumerate(model.layers[:-1]):
-                dz = signal(model, e @ self.B[i]) * model.act.grad(zs[i], hs[i + 1])
+                dz = signal(model, e @ self.B[i], "errors") * model.act.grad(zs[i], hs[i + 1])
                 set_grad(lin.weight, dz.t() @ hs[i])
                 if lin.bias is not None:
                     set_grad(lin.bias, dz.sum(0))

@@ -66,17 +66,17 @@ class FTP(Rule):
         g = self.params["gamma"]
         base = self.psi(model, yhat @ self.G)
         if self.params["gamma_mode"] == "scale":
-            return h1 + signal(model, g * (self.psi(model, y @ self.G) - base))
-        return h1 + signal(model, self.psi(model, (yhat + g * (y - yhat)) @ self.G) - base)
+            return h1 + signal(model, g * (self.psi(model, y @ self.G) - base), "correction")
+        return h1 + signal(model, self.psi(model, (yhat + g * (y - yhat)) @ self.G) - base, "correction")
 
     @torch.no_grad()
     def targets(self, model, hs: list[torch.Tensor], y: torch.Tensor, masks=None) -> list[torch.Tensor]:
         """τ_1 … τ_{L−1} and pass 2's output pre-activation (last entry)."""
         yhat = prediction(model.loss, hs[-1])
-        taus = [signal(model, self.first_target(model, hs[1], yhat, y))]
+        taus = [signal(model, self.first_target(model, hs[1], yhat, y), "targets")]
         for i in range(1, len(model.layers)):  # pass 2: the ordinary forward layers, from τ_1
             z, h = model.layer(i, taus[-1], None if masks is None or i == len(model.layers) - 1 else masks[i])
-            taus.append(signal(model, h) if i < len(model.layers) - 1 else z)
+            taus.append(signal(model, h, "targets") if i < len(model.layers) - 1 else z)
         return taus
 
     @torch.no_grad()
@@ -91,7 +91,7 @@ class FTP(Rule):
         n_units = len(model.units)
         for k in range(n_units - 1):  # hidden weight layers: local target losses
             act = model.act if k < nc else model.fc_act
-            d = signal(model, outs[k] - taus[k]) * act.grad(pres[k], outs[k])
+            d = signal(model, outs[k] - taus[k], "errors") * act.grad(pres[k], outs[k])
             gw, gb = model.unit_grad(k, ins[k], d)
             set_grad(model.units[k].weight, gw / B)
             if gb is not None:
@@ -115,7 +115,7 @@ class FTP(Rule):
         taus = self.targets(model, hs, y, m)
         L = len(model.layers)
         for i, lin in enumerate(model.layers[:-1]):  # hidden layers: local target losses
-            d = signal(model, hs[i + 1] - taus[i]) * model.act.grad(zs[i], hs[i + 1])
+            d = signal(model, hs[i + 1] - taus[i], "errors") * model.act.grad(zs[i], hs[i + 1])
             if m is not None:
                 d = d * m[i]
             pre = hs[i] if (i == 0 or self.params["pre"] == "h") else taus[i - 1]

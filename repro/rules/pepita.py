@@ -47,14 +47,14 @@ class PEPITA(Rule):
         on its output before pooling (our reading of PEPITA's conv nets; ftp.md §4.2)."""
         x, t, B = batch.x, batch.y, batch.x.shape[0]
         _, _, hs = model.unit_pass(model.image(x))
-        e = signal(model, self.error(model, hs[-1], t))
+        e = signal(model, self.error(model, hs[-1], t), "correction")
         xm = x + self.params["sign"] * (e @ self.feedback().t())
         ins, _, hm = model.unit_pass(model.image(xm))
         em = self.error(model, hm[-1], t)
         units = model.units
         for k, u in enumerate(units):
             d = (em if self.params["output_error"] == "modulated" else e) if k == len(units) - 1 \
-                else signal(model, hs[k] - hm[k])
+                else signal(model, hs[k] - hm[k], "errors")
             gw, gb = model.unit_grad(k, ins[k], d)
             set_grad(u.weight, gw / B)
             if gb is not None:
@@ -68,7 +68,7 @@ class PEPITA(Rule):
         x, t = batch.x, batch.y
         m = self.masks(model, x.shape[0], x.device)
         _, hs = model.forward_all(x, m)
-        e = signal(model, self.error(model, hs[-1], t))
+        e = signal(model, self.error(model, hs[-1], t), "correction")
         xm = x + self.params["sign"] * (e @ self.feedback().t())
         _, hm = model.forward_all(xm, m)
         em = self.error(model, hm[-1], t)
@@ -76,7 +76,7 @@ class PEPITA(Rule):
         L = len(model.layers)
         for i, lin in enumerate(model.layers):
             if i < L - 1:
-                diff = signal(model, hs[i + 1] - hm[i + 1])
+                diff = signal(model, hs[i + 1] - hm[i + 1], "errors")
                 g = diff.t() @ hm[i] / B  # hm[0] = x̃
                 gb = diff.sum(0) / B
             else:
