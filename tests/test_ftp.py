@@ -307,7 +307,7 @@ def test_quantised_levels_build_their_hardware_and_unknown_levels_are_named():
     from repro.models import ConfigError
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     P = {**load_params("ftp_quantized", root / "params.yaml"), "seeds": [1], "bits": [32, 6],
-         "levels": ["full", "weights+activations+targets"]}
+         "levels": ["full", "weights+activations+targets"], "signal_ablation": None}
     hw = {(j["level"], j["bits"], j["method"]): j["config"].get("hardware") for j in F.quantized_jobs(P, "mnist")}
     assert hw[("full", 32, "BP")] is None  # 32 bits = the float run, whatever the level
     assert hw[("full", 6, "BP")]["signals"] is True
@@ -315,3 +315,25 @@ def test_quantised_levels_build_their_hardware_and_unknown_levels_are_named():
         "bits": 6, "weights": True, "activations": True, "signals": ["targets"], "weight_rounding": "stochastic"}
     with pytest.raises(ConfigError, match=r"ftp_quantized\.levels: \['signals'\] unknown; allowed: weights, "):
         F.quantized_jobs({**P, "levels": ["signals"]}, "mnist")
+    A = {"levels": ["weights+activations+errors"], "bits": [4], "methods": ["BP"], "seeds": [2]}
+    jobs = F.quantized_jobs({**P, "signal_ablation": A}, "mnist")
+    abl = [j for j in jobs if j["part"] == "signal_ablation"]
+    assert [(j["level"], j["bits"], j["method"], j["seed"]) for j in abl] == [("weights+activations+errors", 4, "BP", 2)]
+    assert len(jobs) - 1 == len(F.quantized_jobs(P, "mnist")) and abl[0]["config"]["hardware"]["signals"] == ["errors"]
+    with pytest.raises(ConfigError, match=r"\['nope'\] unknown"):
+        F.quantized_jobs({**P, "signal_ablation": {**A, "levels": ["nope"]}}, "mnist")
+
+
+def test_signal_ablation_runs_stay_out_of_the_sweep_metrics():
+    """The ablation grid shares level names with the sweep (weights+activations): its runs must not be
+    averaged into the sweep's cells or the claims; they get their own entry."""
+    import pandas as pd
+    from repro.figures import ftp as F
+    rows = [{"part": part, "method": F.FTP_OS, "level": "weights+activations", "bits": 6, "seed": 1, "status": "ok",
+             "final_test_acc": acc} for part, acc in (("sweep", 97.0), ("signal_ablation", 11.0))]
+    q = F.quantized_metrics(pd.DataFrame(rows))
+    assert q["final_test_acc"] == {"weights+activations": {F.FTP_OS: {"6": 97.0}}}
+    assert q["signal_ablation"]["weights+activations"][F.FTP_OS]["6"]["mean"] == 11.0
+    norms = pd.DataFrame([{"level": "w", "method": "m", "bits": 6, "seed": s, "layer": "W2", "norm": v}
+                          for s, v in ((1, 3.0), (2, 5.0))])
+    assert F.ablation_norm_metrics(norms) == {"w": {"m": {"6": {"W2": 5.0}}}}

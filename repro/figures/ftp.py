@@ -154,15 +154,24 @@ LEVELS = {"weights": {"weights": True},
 
 def quantized_jobs(P: dict, dataset: str) -> list[dict]:
     """ftp.md §3.2 protocol: the same nets and training for every method; bit widths swept; three
-    ablation levels (weights; + activations; + learning signals), and three finer ones that round a
-    single kind of learning signal (which one breaks a rule); 32 bits = float for all levels."""
-    bad = [lvl for lvl in P["levels"] if lvl not in LEVELS]
+    ablation levels (weights; + activations; + learning signals); 32 bits = float for all levels.
+    ``signal_ablation`` (optional; our addition, not in the spec) adds a smaller grid — its own levels,
+    bits, methods and seeds — over the finer levels that round a single kind of learning signal: which
+    rounded signal breaks a rule. Jobs carry ``part`` (``sweep`` or ``signal_ablation``)."""
+    A = P.get("signal_ablation") or {}
+    bad = [lvl for lvl in [*P["levels"], *A.get("levels", [])] if lvl not in LEVELS]
     if bad:
         raise ConfigError(f"ftp_quantized.levels: {bad} unknown; allowed: {', '.join(LEVELS)}")
-    return [_fc_job(P, dataset, m, seed, bits=bits, level=level,
-                    hardware={"bits": bits, **LEVELS[level], "weight_rounding": P["weight_rounding"]}
-                    if bits < 32 else None)
-            for seed in P["seeds"] for level in P["levels"] for bits in P["bits"] for m in P["methods"]]
+
+    def grid(part, seeds, levels, bits, methods):
+        return [_fc_job(P, dataset, m, seed, bits=b, level=level, part=part,
+                        hardware={"bits": b, **LEVELS[level], "weight_rounding": P["weight_rounding"]}
+                        if b < 32 else None)
+                for seed in seeds for level in levels for b in bits for m in methods]
+    jobs = grid("sweep", P["seeds"], P["levels"], P["bits"], P["methods"])
+    if A:
+        jobs += grid("signal_ablation", A.get("seeds", P["seeds"]), A["levels"], A["bits"], A["methods"])
+    return jobs
 
 
 def run_quantized(P: dict, dataset: str, results: str = "results"):
@@ -172,11 +181,16 @@ def run_quantized(P: dict, dataset: str, results: str = "results"):
 TRAINED_MIN_ACC = 50.0  # % — a method whose clean (32-bit) run is below this did not learn (MNIST chance: 10 %)
 
 
-def quantized_stats(fin: pd.DataFrame) -> pd.DataFrame:
-    """Final test accuracy over seeds (``agg``: mean, std, min, max, n) per level, method and bit width;
-    diverged runs count at their measured, chance-level accuracy."""
+def part_of(df: pd.DataFrame, part: str = "sweep") -> pd.DataFrame:
+    """The rows of one part of the quantisation jobs (``sweep`` or ``signal_ablation``)."""
+    return df[df.part == part] if "part" in df else (df if part == "sweep" else df.iloc[:0])
+
+
+def quantized_stats(fin: pd.DataFrame, part: str = "sweep") -> pd.DataFrame:
+    """Final test accuracy over seeds (``agg``: mean, std, min, max, n) per level, method and bit width of
+    one part of the jobs; diverged runs count at their measured, chance-level accuracy."""
     return pd.DataFrame([{"level": lvl, "method": m, "bits": b, **agg(g.final_test_acc)}
-                         for (lvl, m, b), g in measured(fin).groupby(["level", "method", "bits"])])
+                         for (lvl, m, b), g in measured(part_of(fin, part)).groupby(["level", "method", "bits"])])
 
 
 def quantized_metrics(fin: pd.DataFrame) -> dict:
@@ -184,6 +198,8 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
     claims' check on the ``full`` level: at every bit width ≤ 4, each FTP reading's drop from its own
     32-bit accuracy is smaller than BP's. A reading whose 32-bit run did not learn (below
     ``TRAINED_MIN_ACC``) fails the check: it cannot "keep" an accuracy it never had."""
+    ablation = quantized_stats(fin, "signal_ablation")
+    fin = part_of(fin)
     acc: dict = {}
     sd: dict = {}
     for r in quantized_stats(fin).itertuples():
@@ -203,7 +219,65 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
             out[f"{key}_drops_le4_bits"] = {b: {m: f, "BP": bp} for b, (f, bp) in drops.items()}
             out[f"{key}_degrades_less_than_bp_le4"] = bool(full[m]["32"] >= TRAINED_MIN_ACC
                                                            and all(f < bp for f, bp in drops.values()))
+    if len(ablation):  # level → method → bits → {mean, std, min, max, n}
+        out["signal_ablation"] = {}
+        for r in ablation.itertuples():
+            out["signal_ablation"].setdefault(r.level, {}).setdefault(r.method, {})[str(r.bits)] = {
+                k: getattr(r, k) for k in ("mean", "std", "min", "max", "n")}
     return out
+
+
+def ablation_weight_norms(P: dict, dataset: str, results: str = "results") -> pd.DataFrame:
+    """Frobenius norm of each weight matrix at the end of every ``signal_ablation`` run (from its stored
+    weights; a run whose weights this checkout lacks is retrained for them): a blow-up shows as one
+    layer's norm running away, which tells which loop the rounded signal feeds."""
+    store = store_for(f"ftp_quantized/{dataset}", results)
+    rows = []
+    for j in quantized_jobs(P, dataset):
+        if j["part"] != "signal_ablation":
+            continue
+        model, _ = store.load_weights(j["config"])
+        for k, lin in enumerate(model.layers, start=1):
+            rows.append({"level": j["level"], "method": j["method"], "bits": j["bits"], "seed": j["seed"],
+                         "layer": f"W{k}", "norm": float(lin.weight.norm())})
+    return pd.DataFrame(rows)
+
+
+def ablation_norm_metrics(norms: pd.DataFrame) -> dict:
+    """level → method → bits → layer → the largest end-of-run ‖W‖ over seeds."""
+    out: dict = {}
+    for (lvl, m, b, lay), g in norms.groupby(["level", "method", "bits", "layer"]):
+        out.setdefault(lvl, {}).setdefault(m, {}).setdefault(str(b), {})[lay] = float(g.norm.max())
+    return out
+
+
+def plot_signal_ablation(fin: pd.DataFrame, norms: pd.DataFrame, dataset: str):
+    """Left: final accuracy per single-signal level (bars: mean over seeds, dots: seeds), one hue per bit
+    width; right: the weight norms of those runs per layer (log scale)."""
+    d = part_of(fin, "signal_ablation").copy()
+    short = {lvl: lvl.replace("weights+activations", "w+a") for lvl in LEVELS}
+    order = [short[lvl] for lvl in LEVELS if lvl in set(d.level)]
+    d["level"], norms = d.level.map(short), norms.assign(level=norms.level.map(short))
+    d["bits"] = d.bits.astype(str) + " bits"
+    hue_order = [f"{b} bits" for b in sorted(set(part_of(fin, "signal_ablation").bits), reverse=True)]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    sns.barplot(d, x="level", y="final_test_acc", hue="bits", order=order, hue_order=hue_order, errorbar=None,
+                palette="viridis", alpha=0.7, ax=axes[0])
+    with fixed_jitter():
+        sns.stripplot(d, x="level", y="final_test_acc", hue="bits", order=order, hue_order=hue_order, dodge=True,
+                      palette=["0.2"] * len(hue_order), size=4, legend=False, ax=axes[0])
+    axes[0].set(ylabel="final test accuracy (%)", xlabel="rounded (w+a = weights and activations)",
+                title=f"{', '.join(sorted(set(d.method)))}: which rounded signal breaks it?")
+    sns.barplot(norms, x="level", y="norm", hue="layer", order=order, errorbar=("pi", 100), ax=axes[1])
+    axes[1].set_yscale("log")
+    axes[1].set(ylabel="‖W‖ at the end (Frobenius, log)", xlabel="rounded",
+                title="weight norms at the end (bar: mean, line: min–max over bits and seeds)")
+    for ax in axes:
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.suptitle(f"FTP quantisation, {dataset}: rounding one kind of learning signal at a time "
+                 f"(seeds {sorted(set(d.seed))})", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 @torch_threads(1)  # as the runs train: the same digits at any core count
@@ -214,7 +288,7 @@ def update_sparsity(P: dict, dataset: str, steps: int = 20, level: str = "full")
     rounding), over the first ``steps`` training steps of each quantised run (seed ``P.seeds[0]``),
     started exactly as the run starts (``train.build``). No training beyond those steps: a diagnostic of
     the mechanism behind a BP-vs-FTP gap, cheap enough for every bit width."""
-    jobs = quantized_jobs({**P, "seeds": P["seeds"][:1], "levels": [level]}, dataset)
+    jobs = quantized_jobs({**P, "seeds": P["seeds"][:1], "levels": [level], "signal_ablation": None}, dataset)
     dev = resolve_device(P["device"])
     data = load_data(normalize_config(jobs[0]["config"]), dev)
     rows = []
@@ -254,7 +328,8 @@ def sparsity_metrics(sp: pd.DataFrame) -> dict:
 def plot_quantized_loss(hist: pd.DataFrame, dataset: str, level: str = "full"):
     """Training loss per epoch at each bit width (one level): tells a run that blew up (loss → 10⁶, then
     stuck at ln 10 with a dead net) from one that stalled (loss flat from the start)."""
-    h = hist[(hist.level == level) & (hist.epoch >= 1)]
+    h = part_of(hist)
+    h = h[(h.level == level) & (h.epoch >= 1)]
     # one line per seed (no mean: a seed that blows up to 10²⁰ would hide the others)
     g = sns.relplot(h, x="epoch", y="train_loss", hue="method", units="seed", estimator=None, col="bits",
                     col_wrap=4, kind="line", marker=".", height=2.4, aspect=1.2, alpha=0.8,
@@ -287,7 +362,7 @@ def plot_sparsity(sp: pd.DataFrame, dataset: str, steps: int):
 
 
 def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
-    d = measured(fin)
+    d = measured(part_of(fin))
     order = list(dict.fromkeys(d.method))
     # band = min–max over seeds, dots = the seeds: a method that blows up in some seeds only is bimodal, and a
     # ± sd band would reach past 0 and 100 %
