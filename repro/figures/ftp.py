@@ -258,8 +258,8 @@ def plot_signal_ablation(fin: pd.DataFrame, norms: pd.DataFrame, dataset: str):
     short = {lvl: lvl.replace("weights+activations", "w+a") for lvl in LEVELS}
     order = [short[lvl] for lvl in LEVELS if lvl in set(d.level)]
     d["level"], norms = d.level.map(short), norms.assign(level=norms.level.map(short))
+    hue_order = [f"{b} bits" for b in sorted(set(d.bits), reverse=True)]
     d["bits"] = d.bits.astype(str) + " bits"
-    hue_order = [f"{b} bits" for b in sorted(set(part_of(fin, "signal_ablation").bits), reverse=True)]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     sns.barplot(d, x="level", y="final_test_acc", hue="bits", order=order, hue_order=hue_order, errorbar=None,
                 palette="viridis", alpha=0.7, ax=axes[0])
