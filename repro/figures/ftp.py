@@ -159,9 +159,10 @@ def quantized_jobs(P: dict, dataset: str) -> list[dict]:
     bits, methods and seeds — over the finer levels that round a single kind of learning signal: which
     rounded signal breaks a rule. Jobs carry ``part`` (``sweep`` or ``signal_ablation``)."""
     A = P.get("signal_ablation") or {}
-    bad = [lvl for lvl in [*P["levels"], *A.get("levels", [])] if lvl not in LEVELS]
-    if bad:
-        raise ConfigError(f"ftp_quantized.levels: {bad} unknown; allowed: {', '.join(LEVELS)}")
+    for name, levels in (("levels", P["levels"]), ("signal_ablation.levels", A.get("levels", []))):
+        bad = [lvl for lvl in levels if lvl not in LEVELS]
+        if bad:
+            raise ConfigError(f"ftp_quantized.{name}: {bad} unknown; allowed: {', '.join(LEVELS)}")
 
     def grid(part, seeds, levels, bits, methods):
         return [_fc_job(P, dataset, m, seed, bits=b, level=level, part=part,
