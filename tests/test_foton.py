@@ -303,6 +303,26 @@ def test_lr_sweep_jobs_share_the_tables_runs_and_change_only_the_lr():
     assert len(ff.shallow_jobs({**P, "lr_sweep": None}, "mnist")) == len(table)
 
 
+def test_lr_sweep_may_be_a_list_of_grids():
+    """A second grid adds single points on the costly reading (FOTON 1x1024 at lr 0.1): the same config as
+    the table's run but for the lr; a point two grids share is one job; an unknown reading is named."""
+    from repro.figures import foton as ff
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    P = load_params("foton_shallow", "params.smoke.yaml")
+    one = {"reading": "2x256", "methods": ["FOTON"], "lrs": [0.05], "seeds": [1]}
+    extra = {"reading": "1x1024", "methods": ["FOTON"], "lrs": [0.1, 0.5], "seeds": [1]}
+    jobs = ff.shallow_jobs({**P, "lr_sweep": [one, extra, one]}, "mnist")
+    sweep = [j for j in jobs if j["part"] == "lr_sweep"]
+    assert sorted((j["method"], j["lr"]) for j in sweep) == [("FOTON", 0.1), ("FOTON 2x256", 0.05)]
+    t = next(j for j in jobs if j["part"] == "table" and j["method"] == "FOTON" and j["seed"] == 1)
+    p = next(j for j in sweep if j["method"] == "FOTON")
+    assert {**p["config"], "optim": None} == {**t["config"], "optim": None} and p["config"]["optim"]["lr"] == 0.1
+    assert ff.shallow_jobs({**P, "lr_sweep": one}, "mnist") == ff.shallow_jobs({**P, "lr_sweep": [one]}, "mnist")
+    with pytest.raises(ConfigError, match=r"foton_shallow\.lr_sweep\.reading: '3x64' is not one of readings"):
+        ff.shallow_jobs({**P, "lr_sweep": [one, {**extra, "reading": "3x64"}]}, "mnist")
+
+
 def test_bjorck_control_is_bps_config_with_the_projection():
     from repro.figures import foton as ff
     from repro.figures.common import load_params

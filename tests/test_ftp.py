@@ -141,6 +141,28 @@ def test_cnn_targets_and_updates_equal_the_local_losses(float64, channels, fc):
         torch.testing.assert_close(unit.weight.grad, g)
 
 
+def test_cnn_rounds_its_targets_like_the_mlp():
+    """hardware.signals ["targets"] rounds τ_1 (then pass 2 starts from it) and every later hidden target,
+    not pass 2's output; the local errors use the rounded targets."""
+    import torch.nn.functional as F
+    from repro.quant import Hardware, quantize
+    torch.manual_seed(0)
+    model, rule = _ftp_cnn((3, 2), (6,))
+    model.hw = Hardware({"bits": 3, "signals": ["targets"]})
+    x = torch.rand(6, 784, dtype=torch.float64)
+    y = F.one_hot(torch.arange(6) % 10, 10).double()
+    taus = rule.step(model, Batch(torch.arange(6), x, y)).extras["taus"]
+    h1 = torch.relu(model.convs[0](model.image(x)))
+    yhat = torch.softmax(model(x), 1)
+    t1 = quantize((h1 + 0.3 * (torch.relu(y @ rule.G) - torch.relu(yhat @ rule.G)).view_as(h1)).flatten(1), 3)
+    torch.testing.assert_close(taus[0], t1.view_as(h1))
+    t2 = torch.relu(F.conv2d(F.max_pool2d(taus[0], 2), model.convs[1].weight))
+    torch.testing.assert_close(taus[1], quantize(t2, 3))
+    for t in taus[:-1]:  # every hidden target on the 3-bit grid of its own range
+        torch.testing.assert_close(quantize(t, 3), t)
+    assert not torch.equal(quantize(taus[-1], 3), taus[-1])  # pass 2's output is not a target: not rounded
+
+
 def test_ftp_cnn_rejects_batchnorm_and_dropout():
     from repro.models import ConfigError, build_model
     m = build_model({"arch": "cnn", "cnn": {"channels": [2]}}, 784, 10)  # BatchNorm by default
@@ -322,6 +344,29 @@ def test_quantised_levels_build_their_hardware_and_unknown_levels_are_named():
     assert len(jobs) - 1 == len(F.quantized_jobs(P, "mnist")) and abl[0]["config"]["hardware"]["signals"] == ["errors"]
     with pytest.raises(ConfigError, match=r"\['nope'\] unknown"):
         F.quantized_jobs({**P, "signal_ablation": {**A, "levels": ["nope"]}}, "mnist")
+
+
+def test_context_methods_may_run_fewer_seeds_in_the_quantised_sweep():
+    """seeds_by_method: PEPITA and DRTP (context) on fewer seeds than BP / FTP; their 32-bit runs are the
+    accuracy table's (same config, same key: shared, not retrained); a label outside methods is named."""
+    from repro.figures import ftp as F
+    from repro.figures.common import budget, load_params
+    from repro.models import ConfigError
+    from repro.train import run_key
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    P = {**load_params("ftp_quantized", root / "params.yaml"), "seeds": [1, 2, 3], "bits": [32, 4],
+         "levels": ["full"], "signal_ablation": None, "methods": ["BP", "PEPITA", "DRTP"],
+         "seeds_by_method": {"PEPITA": [1], "DRTP": [1, 3]}}
+    got = {(j["method"], j["seed"]) for j in F.quantized_jobs(P, "mnist")}
+    assert {s for m, s in got if m == "BP"} == {1, 2, 3}
+    assert {s for m, s in got if m == "PEPITA"} == {1} and {s for m, s in got if m == "DRTP"} == {1, 3}
+    assert budget(P).endswith("; PEPITA: 1 seed, DRTP: 2 seeds")
+    T = load_params("ftp_table", root / "params.yaml")
+    table = {run_key(j["config"]) for j in F.table_jobs(T, "mnist") if j["method"] in ("PEPITA", "DRTP")}
+    q32 = {run_key(j["config"]) for j in F.quantized_jobs(P, "mnist") if j["bits"] == 32 and j["method"] != "BP"}
+    assert q32 and q32 <= table
+    with pytest.raises(ConfigError, match=r"ftp_quantized\.seeds_by_method: \['FTP'\] are not methods"):
+        F.quantized_jobs({**P, "seeds_by_method": {"FTP": [1]}}, "mnist")
 
 
 def test_signal_ablation_runs_stay_out_of_the_sweep_metrics():

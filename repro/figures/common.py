@@ -5,6 +5,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -156,4 +157,20 @@ def budget(P: dict | None, spec: str = "100 epochs, 3 seeds") -> str:
         return ""
     e, n = P["epochs"], len(P["seeds"])
     images = f" on the first {P['n_train']:,} training samples" if P.get("n_train") else ""
-    return f"{e} epoch{'s' * (e != 1)}, {n} seed{'s' * (n != 1)}{images} (spec: {spec})"
+    line = f"{e} epoch{'s' * (e != 1)}, {n} seed{'s' * (n != 1)}{images} (spec: {spec})"
+    few = {m: len(v) for m, v in (P.get("seeds_by_method") or {}).items()}
+    if few:  # methods that ran fewer seeds (seed_filter)
+        line += "; " + ", ".join(f"{m}: {k} seed{'s' * (k != 1)}" for m, k in few.items())
+    return line
+
+
+def seed_filter(P: dict, section: str, labels) -> Callable[[str, int], bool]:
+    """``seeds_by_method`` (optional, ``{method label: [seeds]}``): a costly method trains on fewer of the
+    figure's ``seeds`` than the rest (the title's budget line and the README say which). Returns
+    ``keep(label, seed)``; a label that is not one of ``labels`` is named in one line."""
+    by = P.get("seeds_by_method") or {}
+    bad = sorted(set(by) - set(labels))
+    if bad:
+        raise ConfigError(f"{section}.seeds_by_method: {bad} are not methods of this figure; "
+                          f"allowed: {sorted(set(labels))}")
+    return lambda label, seed: label not in by or seed in by[label]

@@ -15,7 +15,7 @@ import seaborn as sns
 
 from ..models import ConfigError
 from .common import (budget, final_frame, history_frame, mark_diverged, measured, run_all, run_for_dataset,
-                     store_for)
+                     seed_filter, store_for)
 
 # foton.md §4: numbers reported for CIFAR-100 (the paper's dataset for this figure)
 REPORTED = {"cifar100": {50: 12.6}}
@@ -231,17 +231,14 @@ def shallow_jobs(P: dict, dataset: str) -> list[dict]:
     unknown = [m for m in P["methods"] if m not in SHALLOW_METHODS]
     if unknown:
         raise ConfigError(f"foton_shallow.methods: {unknown} unknown; allowed: {', '.join(SHALLOW_METHODS)}")
-    by_method = P.get("seeds_by_method") or {}
-    labels = {m if r == P["primary"] else f"{m} {r}" for r in P["readings"] for m in P["methods"]}
-    bad = sorted(set(by_method) - labels)
-    if bad:
-        raise ConfigError(f"foton_shallow.seeds_by_method: {bad} are not table methods; allowed: {sorted(labels)}")
+    keep = seed_filter(P, "foton_shallow", {m if r == P["primary"] else f"{m} {r}"
+                                            for r in P["readings"] for m in P["methods"]})
     jobs = []
     for seed in P["seeds"]:
         for reading, widths in P["readings"].items():
             for method in P["methods"]:
                 label = method if reading == P["primary"] else f"{method} {reading}"
-                if label in by_method and seed not in by_method[label]:
+                if not keep(label, seed):
                     continue  # fewer seeds for this method (cost), e.g. FOTON 1x1024: ≈ 95 min a run on a core
                 if method in ("FOTON", "BP", BP_DROPOUT):
                     rule = ({"name": "foton", "keep": P["keep"], "ortho_every": P["ortho_every"],
@@ -270,36 +267,46 @@ def shallow_jobs(P: dict, dataset: str) -> list[dict]:
     return jobs + _lr_sweep_jobs(P, jobs)
 
 
+def lr_grids(P: dict) -> list[dict]:
+    """``lr_sweep``: one grid ``{reading, methods, lrs, seeds}`` or a list of them (e.g. the full grid on the
+    cheap reading and a single point on the costly one); none when null."""
+    S = P.get("lr_sweep")
+    return [] if not S else list(S) if isinstance(S, list) else [S]
+
+
 def _lr_sweep_jobs(P: dict, table: list[dict]) -> list[dict]:
     """foton.md §6 item 3: the learning rate per dataset is unknown (the code's default 0.5 is one point),
-    so the methods of ``lr_sweep`` train on the grid ``lr_sweep.lrs`` for one reading, the rest of the
-    config as the table's; the table's own runs are the grid points they share (same config, same cached
-    run). ``BP+Björck`` (foton.md §6 item 10: BP with the per-step Björck projection FOTON uses) is BP's
-    table config with the projection added: it separates what the orthogonality constraint costs from
-    what FOTON's forward-only update costs."""
-    S = P.get("lr_sweep")
-    if not S:
-        return []
-    seeds = S.get("seeds", P["seeds"])  # the grid may use fewer seeds than the table
-    jobs = []
-    for m in S["methods"]:
-        base = "BP" if m == BJORCK_CONTROL else m
-        if base not in P["methods"]:
-            raise ConfigError(f"foton_shallow.lr_sweep.methods: {m!r} needs {base!r} in foton_shallow.methods")
-        for j in table:
-            if j["reading"] != S["reading"] or j["method"].split(" ")[0] != base or j["seed"] not in seeds:
-                continue
-            for lr in S["lrs"]:
-                if m == base and float(lr) == float(j["lr"]):
+    so the methods of each ``lr_sweep`` grid train on its ``lrs`` for its reading, the rest of the config as
+    the table's; the table's own runs are the grid points they share (same config, same cached run).
+    ``BP+Björck`` (foton.md §6 item 10: BP with the per-step Björck projection FOTON uses) is BP's table
+    config with the projection added: it separates what the orthogonality constraint costs from what
+    FOTON's forward-only update costs."""
+    jobs, seen = [], set()
+    for S in lr_grids(P):
+        if S.get("reading") not in P["readings"]:
+            raise ConfigError(f"foton_shallow.lr_sweep.reading: {S.get('reading')!r} is not one of readings "
+                              f"({', '.join(P['readings'])})")
+        seeds = S.get("seeds", P["seeds"])  # the grid may use fewer seeds than the table
+        for m in S["methods"]:
+            base = "BP" if m == BJORCK_CONTROL else m
+            if base not in P["methods"]:
+                raise ConfigError(f"foton_shallow.lr_sweep.methods: {m!r} needs {base!r} in foton_shallow.methods")
+            for j in table:
+                if j["reading"] != S["reading"] or j["method"].split(" ")[0] != base or j["seed"] not in seeds:
                     continue
-                cfg = copy.deepcopy(j["config"])
-                cfg["optim"]["lr"] = float(lr)
-                label = j["method"]
-                if m == BJORCK_CONTROL:
-                    cfg["rule"] = {"name": "bp", "ortho_every": P["ortho_every"] or 1,
-                                   **({"bjorck_tol": P["bjorck_tol"]} if P.get("bjorck_tol") else {})}
-                    label = m if j["reading"] == P["primary"] else f"{m} {j['reading']}"
-                jobs.append({**j, "method": label, "lr": float(lr), "part": "lr_sweep", "config": cfg})
+                for lr in S["lrs"]:
+                    if m == base and float(lr) == float(j["lr"]):
+                        continue
+                    cfg = copy.deepcopy(j["config"])
+                    cfg["optim"]["lr"] = float(lr)
+                    label = j["method"]
+                    if m == BJORCK_CONTROL:
+                        cfg["rule"] = {"name": "bp", "ortho_every": P["ortho_every"] or 1,
+                                       **({"bjorck_tol": P["bjorck_tol"]} if P.get("bjorck_tol") else {})}
+                        label = m if j["reading"] == P["primary"] else f"{m} {j['reading']}"
+                    if (label, j["seed"], float(lr)) not in seen:  # two grids may share a point
+                        seen.add((label, j["seed"], float(lr)))
+                        jobs.append({**j, "method": label, "lr": float(lr), "part": "lr_sweep", "config": cfg})
     return jobs
 
 
@@ -328,19 +335,7 @@ def shallow_metrics(fin: pd.DataFrame) -> dict:
             lr, b = max(per.items(), key=lambda kv: kv[1]["final"]["mean"])
             out["lr_sweep_best"][m] = {"lr": float(lr), "final_test_acc": b["final"]["mean"],
                                        "best_test_acc": b["best"]["mean"]}
-        fo = [m for m in out["lr_sweep_best"] if m.split(" ")[0] == "FOTON"]
-        if fo:
-            out["lr_sweep_best_foton"] = out["lr_sweep_best"][fo[0]]
     return out
-
-
-def shallow_budget(P: dict) -> str:
-    """The title's budget line, naming methods that ran fewer seeds (``seeds_by_method``)."""
-    line = budget(P, "100 epochs, ≥ 3 seeds")
-    few = {m: len(v) for m, v in (P.get("seeds_by_method") or {}).items()}
-    if few:
-        line += "; " + ", ".join(f"{m}: {n} seed{'s' * (n != 1)}" for m, n in few.items())
-    return line
 
 
 def lr_sweep_frame(fin: pd.DataFrame) -> pd.DataFrame:
@@ -383,9 +378,12 @@ def plot_lr_sweep(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     if lines:
         ax.text(0.02, 0.03, "below the axis:\n" + "\n".join(lines), transform=ax.transAxes, fontsize=7,
                 color="0.3", va="bottom")
-    ax.set_title(f"FOTON vs BP learning rate, {dataset}" + (f" ({P['lr_sweep']['reading']})" if P else "")
-                 + (f"\n{budget({**P, 'seeds': P['lr_sweep'].get('seeds', P['seeds'])}, '100 epochs, ≥ 3 seeds')}"
-                    if P else ""), fontsize=10)
+    if P:
+        grids = lr_grids(P)
+        seeds = sorted({s for S in grids for s in S.get("seeds", P["seeds"])})
+        readings = ", ".join(dict.fromkeys(S["reading"] for S in grids))
+        line = budget({**P, "seeds": seeds, "seeds_by_method": None}, "100 epochs, ≥ 3 seeds")
+    ax.set_title(f"FOTON vs BP learning rate, {dataset}" + (f" ({readings})\n{line}" if P else ""), fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
@@ -405,7 +403,7 @@ def plot_shallow(hist: pd.DataFrame, dataset: str, P: dict | None = None):
     ax.set_ylim(max(0.0, lo - 2), min(100.0, max(float(h.test_acc.max()), REPORTED_SHALLOW.get(dataset, 0.0)) + 1))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"FOTON shallow FC nets, {dataset}: both readings of '2-layer'"
-                 + (f"\n{shallow_budget(P)}" if P else ""), fontsize=10)
+                 + (f"\n{budget(P, '100 epochs, ≥ 3 seeds')}" if P else ""), fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: 10+ curves
     fig.tight_layout()
     return fig

@@ -16,7 +16,7 @@ from ..rules import Batch
 from ..train import (build, load_data, make_optimizer, normalize_config, resolve_device, torch_threads,
                      train_step)
 from .common import (agg, budget, final_frame, fixed_jitter, history_frame, mark_diverged, measured, run_all,
-                     run_for_dataset, store_for)
+                     run_for_dataset, seed_filter, store_for)
 
 
 def _cfg(P: dict, dataset: str, rule: dict, bias: bool, seed: int) -> dict:
@@ -164,12 +164,14 @@ def quantized_jobs(P: dict, dataset: str) -> list[dict]:
         if bad:
             raise ConfigError(f"ftp_quantized.{name}: {bad} unknown; allowed: {', '.join(LEVELS)}")
 
-    def grid(part, seeds, levels, bits, methods):
+    def grid(part, seeds, levels, bits, methods, keep=lambda m, seed: True):
         return [_fc_job(P, dataset, m, seed, bits=b, level=level, part=part,
                         hardware={"bits": b, **LEVELS[level], "weight_rounding": P["weight_rounding"]}
                         if b < 32 else None)
-                for seed in seeds for level in levels for b in bits for m in methods]
-    jobs = grid("sweep", P["seeds"], P["levels"], P["bits"], P["methods"])
+                for seed in seeds for level in levels for b in bits for m in methods if keep(m, seed)]
+    # the sweep's context methods (PEPITA, DRTP) may run fewer seeds (seeds_by_method; cost)
+    jobs = grid("sweep", P["seeds"], P["levels"], P["bits"], P["methods"],
+                seed_filter(P, "ftp_quantized", P["methods"]))
     if A:
         jobs += grid("signal_ablation", A.get("seeds", P["seeds"]), A["levels"], A["bits"], A["methods"])
     return jobs

@@ -86,8 +86,9 @@ class FTP(Rule):
         B, y, nc = len(batch.x), batch.y, len(model.convs)
         ins, pres, outs = model.unit_pass(model.image(batch.x))
         yhat = prediction(model.loss, outs[-1])
-        tau1 = self.first_target(model, outs[0].flatten(1), yhat, y).view_as(outs[0])
-        taus = [tau1] + model.unit_pass(model.pool(tau1), 1)[2]  # later units' targets (last: pass 2's output)
+        tau1 = signal(model, self.first_target(model, outs[0].flatten(1), yhat, y), "targets").view_as(outs[0])
+        later = model.unit_pass(model.pool(tau1), 1)[2]  # later units' targets (last: pass 2's output)
+        taus = [tau1] + [signal(model, t, "targets") for t in later[:-1]] + later[-1:]  # as the MLP path
         n_units = len(model.units)
         for k in range(n_units - 1):  # hidden weight layers: local target losses
             act = model.act if k < nc else model.fc_act
