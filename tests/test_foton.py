@@ -319,6 +319,14 @@ def test_lr_sweep_may_be_a_list_of_grids():
     p = next(j for j in sweep if j["method"] == "FOTON")
     assert {**p["config"], "optim": None} == {**t["config"], "optim": None} and p["config"]["optim"]["lr"] == 0.1
     assert ff.shallow_jobs({**P, "lr_sweep": one}, "mnist") == ff.shallow_jobs({**P, "lr_sweep": [one]}, "mnist")
+    # each grid's shared table points on that grid's seeds only
+    import pandas as pd
+    P3 = {**P, "seeds": [1, 2, 3], "seeds_by_method": {}, "lr_sweep": [one, {**extra, "seeds": [1, 2]}]}
+    rows = [{"part": j["part"], "reading": j["reading"], "method": j["method"], "seed": j["seed"], "lr": j["lr"],
+             "status": "ok", "final_test_acc": 90.0, "best_test_acc": 91.0} for j in ff.shallow_jobs(P3, "mnist")]
+    d = ff.lr_sweep_frame(pd.DataFrame(rows))
+    assert sorted(zip(d.method, d.lr, d.seed)) == [("FOTON", 0.1, 1), ("FOTON", 0.1, 2), ("FOTON", 0.5, 1),
+                                                   ("FOTON", 0.5, 2), ("FOTON 2x256", 0.05, 1), ("FOTON 2x256", 0.5, 1)]
     with pytest.raises(ConfigError, match=r"foton_shallow\.lr_sweep\.reading: '3x64' is not one of readings"):
         ff.shallow_jobs({**P, "lr_sweep": [one, {**extra, "reading": "3x64"}]}, "mnist")
 

@@ -343,9 +343,9 @@ def lr_sweep_frame(fin: pd.DataFrame) -> pd.DataFrame:
     if "part" not in fin or not (fin.part == "lr_sweep").any():
         return fin.iloc[0:0]
     sw = fin[fin.part == "lr_sweep"]
-    keys = set(zip(sw.reading, sw.method))
-    seeds = set(sw.seed)  # the table's shared points may have more seeds than the grid: use the grid's
-    return measured(fin[[(r, m) in keys and s in seeds for r, m, s in zip(fin.reading, fin.method, fin.seed)]])
+    # the table's shared points may have more seeds than a grid: each grid's own seeds only
+    keys = set(zip(sw.reading, sw.method, sw.seed))
+    return measured(fin[[k in keys for k in zip(fin.reading, fin.method, fin.seed)]])
 
 
 def plot_lr_sweep(fin: pd.DataFrame, dataset: str, P: dict | None = None):
@@ -378,11 +378,12 @@ def plot_lr_sweep(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     if lines:
         ax.text(0.02, 0.03, "below the axis:\n" + "\n".join(lines), transform=ax.transAxes, fontsize=7,
                 color="0.3", va="bottom")
-    if P:
+    if P:  # each grid's reading and seed count: the grids may differ
         grids = lr_grids(P)
-        seeds = sorted({s for S in grids for s in S.get("seeds", P["seeds"])})
         readings = ", ".join(dict.fromkeys(S["reading"] for S in grids))
-        line = budget({**P, "seeds": seeds, "seeds_by_method": None}, "100 epochs, ≥ 3 seeds")
+        n = [len(S.get("seeds", P["seeds"])) for S in grids]
+        line = f"{P['epochs']} epochs; " + "; ".join(f"{S['reading']} grid: {k} seed{'s' * (k != 1)}"
+                                                      for S, k in zip(grids, n)) + " (spec: 100 epochs, ≥ 3 seeds)"
     ax.set_title(f"FOTON vs BP learning rate, {dataset}" + (f" ({readings})\n{line}" if P else ""), fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
