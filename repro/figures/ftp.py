@@ -381,9 +381,10 @@ def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.invert_xaxis()
     g.set_axis_labels("bits (32 = float)", "final test accuracy (%)")
-    g.figure.suptitle(f"FTP vs BP under quantisation, {dataset} (line: mean over seeds; band: min–max; dots: seeds;"
-                      " × = diverged)"
-                      + (f"\n{budget(P)}" if P else ""), y=1.03 if P is None else 1.08)
+    ctx = [m for m in order if m not in ("BP", "FTP", FTP_OS)]
+    g.figure.suptitle(f"FTP vs BP{' (' + ', '.join(ctx) + ': context)' if ctx else ''} under quantisation, {dataset}\n"
+                      "line: mean over seeds; band: min–max; dots: seeds; × = diverged"
+                      + (f"\n{budget(P)}" if P else ""), y=1.08 if P is None else 1.13, fontsize=10)
     return g.figure
 
 
