@@ -239,7 +239,7 @@ def shallow_jobs(P: dict, dataset: str) -> list[dict]:
             for method in P["methods"]:
                 label = method if reading == P["primary"] else f"{method} {reading}"
                 if not keep(label, seed):
-                    continue  # fewer seeds for this method (cost), e.g. FOTON 1x1024: ≈ 95 min a run on a core
+                    continue  # fewer seeds for this method (cost), e.g. FOTON 1x1024: 42–95 min a run on a core
                 if method in ("FOTON", "BP", BP_DROPOUT):
                     rule = ({"name": "foton", "keep": P["keep"], "ortho_every": P["ortho_every"],
                              "ff_every": P["ff_every"]} if method == "FOTON" else {"name": "bp"})

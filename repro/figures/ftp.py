@@ -381,7 +381,7 @@ def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.invert_xaxis()
     g.set_axis_labels("bits (32 = float)", "final test accuracy (%)")
-    ctx = [m for m in order if m not in ("BP", "FTP", FTP_OS)]
+    ctx = [m for m in order if m != "BP" and m not in dict(READINGS)]  # PEPITA, DRTP: not in the claims
     g.figure.suptitle(f"FTP vs BP{' (' + ', '.join(ctx) + ': context)' if ctx else ''} under quantisation, {dataset}\n"
                       "line: mean over seeds; band: min–max; dots: seeds; × = diverged"
                       + (f"\n{budget(P)}" if P else ""), y=1.08 if P is None else 1.13, fontsize=10)
