@@ -367,6 +367,8 @@ def test_context_methods_may_run_fewer_seeds_in_the_quantised_sweep():
     assert q32 and q32 <= table
     with pytest.raises(ConfigError, match=r"ftp_quantized\.seeds_by_method: \['FTP'\] are not methods"):
         F.quantized_jobs({**P, "seeds_by_method": {"FTP": [1]}}, "mnist")
+    with pytest.raises(ConfigError, match=r"ftp_quantized\.seeds_by_method: \{'PEPITA': \[4\]\} not in"):
+        F.quantized_jobs({**P, "seeds_by_method": {"PEPITA": [1, 4]}}, "mnist")
 
 
 def test_signal_ablation_runs_stay_out_of_the_sweep_metrics():

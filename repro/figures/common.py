@@ -173,4 +173,8 @@ def seed_filter(P: dict, section: str, labels) -> Callable[[str, int], bool]:
     if bad:
         raise ConfigError(f"{section}.seeds_by_method: {bad} are not methods of this figure; "
                           f"allowed: {sorted(set(labels))}")
+    extra = {m: sorted(set(v) - set(P["seeds"])) for m, v in by.items() if set(v) - set(P["seeds"])}
+    if extra:  # a seed outside seeds would silently train nothing
+        raise ConfigError(f"{section}.seeds_by_method: {extra} not in {section}.seeds {list(P['seeds'])}; "
+                          "it can only drop seeds")
     return lambda label, seed: label not in by or seed in by[label]
