@@ -327,6 +327,10 @@ def test_lr_sweep_may_be_a_list_of_grids():
     d = ff.lr_sweep_frame(pd.DataFrame(rows))
     assert sorted(zip(d.method, d.lr, d.seed)) == [("FOTON", 0.1, 1), ("FOTON", 0.1, 2), ("FOTON", 0.5, 1),
                                                    ("FOTON", 0.5, 2), ("FOTON 2x256", 0.05, 1), ("FOTON 2x256", 0.5, 1)]
+    fig = ff.plot_lr_sweep(pd.DataFrame(rows), "mnist", P3)  # two readings: every line names its reading
+    labels = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
+    assert {"FOTON 1x1024", "FOTON 2x256"} <= labels and "FOTON" not in labels
+    __import__("matplotlib.pyplot").pyplot.close(fig)
     with pytest.raises(ConfigError, match=r"foton_shallow\.lr_sweep\.reading: '3x64' is not one of readings"):
         ff.shallow_jobs({**P, "lr_sweep": [one, {**extra, "reading": "3x64"}]}, "mnist")
 

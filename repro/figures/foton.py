@@ -351,6 +351,8 @@ def lr_sweep_frame(fin: pd.DataFrame) -> pd.DataFrame:
 def plot_lr_sweep(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     """Final (solid) and best-epoch (dotted) test accuracy against the learning rate, per method."""
     d = lr_sweep_frame(fin)
+    if d.reading.nunique() > 1:  # grids on two readings: name each line's reading (the primary's labels have none)
+        d = d.assign(method=[m if r in m else f"{m} {r}" for m, r in zip(d.method, d.reading)])
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
     long = pd.concat([d.assign(metric="final", acc=d.final_test_acc), d.assign(metric="best epoch", acc=d.best_test_acc)],
                      ignore_index=True)
