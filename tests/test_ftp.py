@@ -215,12 +215,12 @@ def test_alignment_jobs_measure_and_metrics_turn_cosines_into_angles():
     T = {**load_params("ftp_table", root / "params.yaml"), "seeds": P["seeds"]}
     jobs = F.alignment_jobs(P)
     assert [j["method"] for j in jobs] == P["methods"] * len(P["seeds"])
-    table = {j["method"]: j["config"] for j in F.table_jobs(T, "mnist") if j["method"] in P["methods"]
-             and j.get("gamma") in (None, T["gamma"])}
+    table = {(j["method"], j["seed"]): j["config"] for j in F.table_jobs(T, "mnist") if j["method"] in P["methods"]
+             and j.get("gamma") in (None, T["gamma"]) and j["part"] == "table"}
     for j in jobs:  # the table's run, measured: only align_every differs
         assert j["config"]["align_every"] == P["align_every"]
-        assert {**j["config"], "align_every": 0} == {**table[j["method"]], "align_every": 0}
-        assert run_key(j["config"]) != run_key(table[j["method"]])
+        assert {**j["config"], "align_every": 0} == {**table[j["method"], j["seed"]], "align_every": 0}
+        assert run_key(j["config"]) != run_key(table[j["method"], j["seed"]])
     rows = [{"method": "FTP", "seed": 1, "epoch": e, "status": "ok", "layer": lay, "cos": c,
              "angle": float(np.degrees(np.arccos(c)))}
             for e, cs in [(1, (0.5, 0.2, 1.0)), (2, (0.7, 0.1, 1.0))]
@@ -362,7 +362,8 @@ def test_context_methods_may_run_fewer_seeds_in_the_quantised_sweep():
     assert {s for m, s in got if m == "PEPITA"} == {1} and {s for m, s in got if m == "DRTP"} == {1, 3}
     assert budget(P).endswith("; PEPITA: 1 seed, DRTP: 2 seeds")
     T = load_params("ftp_table", root / "params.yaml")
-    table = {run_key(j["config"]) for j in F.table_jobs(T, "mnist") if j["method"] in ("PEPITA", "DRTP")}
+    table = {run_key(j["config"]) for j in F.table_jobs(T, "mnist")
+             if j["method"] in ("PEPITA", "DRTP") and j["part"] == "table"}
     q32 = {run_key(j["config"]) for j in F.quantized_jobs(P, "mnist") if j["bits"] == 32 and j["method"] != "BP"}
     assert q32 and q32 <= table
     with pytest.raises(ConfigError, match=r"ftp_quantized\.seeds_by_method: \['FTP'\] are not methods"):
@@ -384,3 +385,42 @@ def test_signal_ablation_runs_stay_out_of_the_sweep_metrics():
     norms = pd.DataFrame([{"level": "w", "method": "m", "bits": 6, "seed": s, "layer": "W2", "norm": v}
                           for s, v in ((1, 3.0), (2, 5.0))])
     assert F.ablation_norm_metrics(norms) == {"w": {"m": {"6": {"W2": 5.0}}}}
+
+
+def test_paper_length_rows_are_the_table_rows_at_other_epochs_and_stay_out_of_the_table():
+    """``paper_length`` trains the FC rows again with other epochs/milestones: same configs otherwise (so a later
+    full-length table reuses them), labelled by part, kept out of the 10-epoch means and checked on their own."""
+    import pandas as pd
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    from repro.train import run_key
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    T = load_params("ftp_table", root / "params.yaml")
+    L = T["paper_length"]
+    jobs = F.table_jobs(T, "mnist")
+    long = [j for j in jobs if j["part"] == "paper_length"]
+    assert {j["part"] for j in jobs} == {"table", "paper_length"}
+    assert sorted((j["method"], j["seed"]) for j in long) == sorted((m, s) for m in L["methods"] for s in L["seeds"])
+    full = F.table_jobs({**T, "epochs": L["epochs"], "milestones": L["milestones"], "paper_length": None}, "mnist")
+    full_keys = {run_key(j["config"]) for j in full}
+    assert all(run_key(j["config"]) in full_keys for j in long)  # a 100-epoch table would reuse these runs
+    assert all(j["config"]["epochs"] == L["epochs"] for j in long)
+    assert not [j for j in F.table_jobs(T, "cifar10") if j["part"] == "paper_length"]  # datasets: mnist only
+    with pytest.raises(ConfigError, match="paper_length.methods"):
+        F.table_jobs({**T, "paper_length": {**L, "methods": ["BP", "FF"]}}, "mnist")
+
+    def row(part, m, acc, status="ok"):
+        return {"part": part, "method": m, "gamma": 0.2 if m.startswith("FTP") else None, "seed": 1,
+                "status": status, "final_test_acc": acc, "best_test_acc": acc}
+    fin = pd.DataFrame([row("table", "BP", 98.0), row("table", "FTP", 9.8, "diverged"), row("table", F.FTP_OS, 97.5),
+                        row("paper_length", "BP", 98.4), row("paper_length", "FTP", 11.4),
+                        row("paper_length", F.FTP_OS, 96.0)])
+    m = F.metrics(fin, T)
+    assert m["final_test_acc"]["BP"]["mean"] == 98.0 and m["ftp_os_fp32_within_2_of_bp"] is True
+    assert m["diverged"] == {"BP": 0, "FTP": 1, F.FTP_OS: 0}
+    pl = m["paper_length"]
+    assert pl["epochs"] == L["epochs"] and pl["final_test_acc"]["BP"]["mean"] == 98.4
+    assert pl["ftp_os_fp32_within_2_of_bp"] is False and pl["ftp_fp32_within_2_of_bp"] is False  # 2.4 > 2
+    assert "paper_length" not in F.metrics(fin[fin.part == "table"], T)
+

@@ -55,9 +55,14 @@ def _fc_job(P: dict, dataset: str, m: str, seed: int, hardware: dict | None = No
 
 
 def table_jobs(P: dict, dataset: str) -> list[dict]:
+    """The table's runs (``part`` ``table``): FC rows, CNN rows, and the γ sweep on ``gamma_sweep_dataset``.
+    ``paper_length`` (optional; ``{methods, epochs, milestones, seeds, datasets}``) adds FC rows at other
+    epochs and lr milestones (``part`` ``paper_length``): the spec's 100 epochs for a few methods where the
+    whole table cannot run that long (README). Same nets and training otherwise, so a later full-length
+    table reuses these runs from the run store."""
     jobs = []
     for seed in P["seeds"]:
-        jobs += [_fc_job(P, dataset, m, seed, gamma=P["gamma"] if m.startswith("FTP") else None)
+        jobs += [_fc_job(P, dataset, m, seed, gamma=P["gamma"] if m.startswith("FTP") else None, part="table")
                  for m in P["methods"]]
         C = P.get("cnn") or {}
         cnn_seeds = C.get("seeds", P["seeds"])  # the CNN rows may run fewer seeds (cost; README)
@@ -69,13 +74,21 @@ def table_jobs(P: dict, dataset: str) -> list[dict]:
             cfg["model"] = {"arch": "cnn", "act": P["act"], "loss": "ce", "init": "he_uniform", "cnn": cnn}
             cfg["batch_size"] = C["batch_size"]
             jobs.append({"dataset": dataset, "method": f"{m} CNN", "gamma": P["gamma"] if m == "FTP" else None,
-                         "seed": seed, "config": cfg})
+                         "part": "table", "seed": seed, "config": cfg})
         if dataset == P["gamma_sweep_dataset"]:
             for g in P["gammas"]:
                 if g != P["gamma"]:
                     rule = {"name": "ftp", "gamma": g, "keep": P["keep"]}
-                    jobs.append({"dataset": dataset, "method": "FTP", "gamma": g, "seed": seed,
+                    jobs.append({"dataset": dataset, "method": "FTP", "gamma": g, "part": "table", "seed": seed,
                                  "config": _cfg(P, dataset, rule, True, seed)})
+    L = P.get("paper_length") or {}
+    if L and dataset in L.get("datasets", [dataset]):
+        bad = [m for m in L["methods"] if m not in _fc_rules(P)]
+        if bad:
+            raise ConfigError(f"ftp_table.paper_length.methods: {bad} unknown; allowed: {', '.join(_fc_rules(P))}")
+        Q = {**P, "epochs": L["epochs"], "milestones": L["milestones"]}
+        jobs += [_fc_job(Q, dataset, m, seed, gamma=P["gamma"] if m.startswith("FTP") else None, part="paper_length")
+                 for seed in L["seeds"] for m in L["methods"]]
     return jobs
 
 
@@ -92,29 +105,54 @@ def run(P: dict, dataset: str, results: str = "results"):
     return _run(table_jobs(P, dataset), dataset, "ftp_table", P, results)
 
 
+def part_of(df: pd.DataFrame, part: str = "sweep", unlabelled: str = "sweep") -> pd.DataFrame:
+    """The rows of one part of a figure's jobs (quantisation: ``sweep`` or ``signal_ablation``; table:
+    ``table`` or ``paper_length``); a frame without a ``part`` column is all ``unlabelled``."""
+    return df[df.part == part] if "part" in df else (df if part == unlabelled else df.iloc[:0])
+
+
+def _accuracy(rows: pd.DataFrame) -> dict:
+    """Final (``agg``) and best-epoch accuracy per method, and the claims' checks: each FTP reading within 2
+    points of BP (final test accuracy, 32 bits)."""
+    out: dict = {"final_test_acc": {m: agg(g.final_test_acc) for m, g in rows.groupby("method")},
+                 "best_test_acc": {m: float(g.best_test_acc.mean()) for m, g in rows.groupby("method")}}
+    a = out["final_test_acc"]
+    for label, key in READINGS:
+        if label in a and "BP" in a:
+            out[f"{key}_fp32_within_2_of_bp"] = bool(a["BP"]["mean"] - a[label]["mean"] <= 2.0)
+    return out
+
+
+def _diverged(rows: pd.DataFrame) -> dict:
+    return {m: int((g.status == "diverged").sum()) for m, g in rows.groupby("method")}
+
+
 def metrics(fin: pd.DataFrame, P: dict) -> dict:
     """Mean final/best accuracy per method (diverged runs at their measured, chance-level accuracy), the γ
-    sweep, and the claims' checks: each FTP reading within 2 points of BP at 32 bits."""
-    ok = measured(fin)
+    sweep, and the claims' checks: each FTP reading within 2 points of BP at 32 bits. ``paper_length``: the
+    same for the rows trained at the spec's length (``table_jobs``), with its epochs."""
+    table = part_of(fin, "table", unlabelled="table")
+    ok = measured(table)
     main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
-    out: dict = {"final_test_acc": {m: agg(g.final_test_acc) for m, g in main.groupby("method")},
-           "best_test_acc": {m: float(g.best_test_acc.mean()) for m, g in main.groupby("method")},
+    out = {**_accuracy(main),
            "gamma_sweep": {str(k): float(g.final_test_acc.mean()) for k, g in ok[ok.method == "FTP"].groupby("gamma")},
-           "diverged": {m: int((g.status == "diverged").sum()) for m, g in fin.groupby("method")}}
+           "diverged": _diverged(table)}
     a = out["final_test_acc"]
-    if "FTP" in a and "BP" in a:
-        out["ftp_fp32_within_2_of_bp"] = bool(a["BP"]["mean"] - a["FTP"]["mean"] <= 2.0)
-    if FTP_OS in a and "BP" in a:
-        out["ftp_os_fp32_within_2_of_bp"] = bool(a["BP"]["mean"] - a[FTP_OS]["mean"] <= 2.0)
     if "FTP CNN" in a and "BP CNN" in a:
         out["ftp_cnn_gap_to_bp_cnn"] = a["BP CNN"]["mean"] - a["FTP CNN"]["mean"]
+    long = part_of(fin, "paper_length", unlabelled="table")
+    if len(long):
+        out["paper_length"] = {**_accuracy(measured(long)), "epochs": P["paper_length"]["epochs"],
+                               "diverged": _diverged(long)}
     return out
 
 
 def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
-    ok = measured(fin)
+    ok = measured(part_of(fin, "table", unlabelled="table"))
     main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    long = measured(part_of(fin, "paper_length", unlabelled="table"))
+    fig, axes = plt.subplots(1, 3 if len(long) else 2, figsize=(16 if len(long) else 11, 4),
+                             gridspec_kw={"width_ratios": [2, 1.3, 1.3] if len(long) else [1, 1]})
     order = [m for m in P["methods"] + [f"{m} CNN" for m in (P.get("cnn") or {}).get("methods", [])]
              if m in set(main.method)]
     sns.pointplot(main, x="method", y="final_test_acc", order=order, errorbar="sd", linestyle="none", capsize=0.2,
@@ -138,6 +176,27 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
         axes[1].set_ylabel("test accuracy (%)")
     else:
         axes[1].set_axis_off()
+    if len(long):  # the rows trained at the spec's length, beside the same methods' table means (hollow)
+        L = P["paper_length"]
+        lorder = [m for m in L["methods"] if m in set(long.method)]
+        sns.pointplot(long, x="method", y="final_test_acc", order=lorder, errorbar="sd", linestyle="none",
+                      capsize=0.2, ax=axes[2], label=f"{L['epochs']} epochs (mean ± sd)")
+        with fixed_jitter():
+            sns.stripplot(long, x="method", y="final_test_acc", order=lorder, color="0.4", size=4, ax=axes[2])
+        short = main.groupby("method").final_test_acc.mean()
+        xs = [i for i, m in enumerate(lorder) if m in short]
+        axes[2].scatter(xs, [short[lorder[i]] for i in xs], marker="o", s=60, facecolors="none",
+                        edgecolors="C1", zorder=5, label=f"{P['epochs']} epochs (table, mean)")
+        bad = long[long.status == "diverged"]
+        if len(bad):
+            axes[2].scatter([lorder.index(m) for m in bad.method], bad.final_test_acc, marker="x", s=70, c="red",
+                            zorder=6, label="diverged")
+        axes[2].legend(fontsize=7)
+        axes[2].tick_params(axis="x", labelrotation=30, labelsize=8)
+        n = len(L["seeds"])
+        axes[2].set_title(f"paper length: {L['epochs']} epochs, lr ×0.1 at {L['milestones']}, "
+                          f"{n} seed{'s' * (n != 1)}", fontsize=9)
+        axes[2].set_ylabel("test accuracy (%)")
     fig.suptitle(budget(P), fontsize=9)
     fig.tight_layout()
     return fig
@@ -184,9 +243,6 @@ def run_quantized(P: dict, dataset: str, results: str = "results"):
 TRAINED_MIN_ACC = 50.0  # % — a method whose clean (32-bit) run is below this did not learn (MNIST chance: 10 %)
 
 
-def part_of(df: pd.DataFrame, part: str = "sweep") -> pd.DataFrame:
-    """The rows of one part of the quantisation jobs (``sweep`` or ``signal_ablation``)."""
-    return df[df.part == part] if "part" in df else (df if part == "sweep" else df.iloc[:0])
 
 
 def quantized_stats(fin: pd.DataFrame, part: str = "sweep") -> pd.DataFrame:
@@ -209,8 +265,7 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
         acc.setdefault(r.level, {}).setdefault(r.method, {})[str(r.bits)] = r.mean
         sd.setdefault(r.level, {}).setdefault(r.method, {})[str(r.bits)] = r.std
     out = {"final_test_acc": acc, "final_test_acc_sd": sd, "seeds": sorted(int(s) for s in set(fin.seed)),
-           "diverged": {lvl: {m: int((g.status == "diverged").sum()) for m, g in d.groupby("method")}
-                        for lvl, d in fin.groupby("level")}}
+           "diverged": {lvl: _diverged(d) for lvl, d in fin.groupby("level")}}
     full = acc.get("full", {})
     for m, key in READINGS:
         if m not in full or "BP" not in full or "32" not in full[m] or "32" not in full["BP"]:
