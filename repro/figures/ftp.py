@@ -147,6 +147,16 @@ def metrics(fin: pd.DataFrame, P: dict) -> dict:
     return out
 
 
+def _mark_diverged_by_method(ax, rows: pd.DataFrame, order: list[str]) -> bool:
+    """Diverged runs as red × at their measured accuracy on a categorical method axis (positions by
+    ``order``); whether there were any."""
+    bad = rows[rows.status == "diverged"]
+    if len(bad):
+        ax.scatter([order.index(m) for m in bad.method], bad.final_test_acc, marker="x", s=70, c="red", zorder=6,
+                   label="diverged (at its measured accuracy)")
+    return bool(len(bad))
+
+
 def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
     ok = measured(part_of(fin, "table", unlabelled="table"))
     main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
@@ -159,10 +169,7 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
                   ax=axes[0])
     with fixed_jitter():
         sns.stripplot(main, x="method", y="final_test_acc", order=order, color="0.4", size=4, ax=axes[0])
-    bad = main[main.status == "diverged"]
-    if len(bad):  # categorical axis: positions by order
-        axes[0].scatter([order.index(m) for m in bad.method], bad.final_test_acc, marker="x", s=70, c="red",
-                        zorder=6, label="diverged (at its measured accuracy)")
+    if _mark_diverged_by_method(axes[0], main, order):
         axes[0].legend(fontsize=7)
     axes[0].tick_params(axis="x", labelrotation=30, labelsize=8)
     axes[0].set_title(f"{dataset}: FC {'-'.join(map(str, P['widths']))} (and CNN), final test accuracy", fontsize=9)
@@ -187,10 +194,7 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
         xs = [i for i, m in enumerate(lorder) if m in short]
         axes[2].scatter(xs, [short[lorder[i]] for i in xs], marker="o", s=60, facecolors="none",
                         edgecolors="C1", zorder=5, label=f"{P['epochs']} epochs (table, mean)")
-        bad = long[long.status == "diverged"]
-        if len(bad):
-            axes[2].scatter([lorder.index(m) for m in bad.method], bad.final_test_acc, marker="x", s=70, c="red",
-                            zorder=6, label="diverged")
+        _mark_diverged_by_method(axes[2], long, lorder)
         axes[2].legend(fontsize=7)
         axes[2].tick_params(axis="x", labelrotation=30, labelsize=8)
         n = len(L["seeds"])
@@ -241,7 +245,6 @@ def run_quantized(P: dict, dataset: str, results: str = "results"):
 
 
 TRAINED_MIN_ACC = 50.0  # % — a method whose clean (32-bit) run is below this did not learn (MNIST chance: 10 %)
-
 
 
 
