@@ -252,14 +252,19 @@ def _load_checkpoint(path: Path | None, key: str, dev: torch.device) -> dict | N
 
 
 def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, progress=None,
-          checkpoint: str | Path | None = None, checkpoint_every: float | None = None) -> RunResult:
+          checkpoint: str | Path | None = None, checkpoint_every: float | None = None,
+          on_epoch=None) -> RunResult:
     """Train one config; returns the record (and the trained model). Does not cache.
 
     ``checkpoint``: a file for the run's resumable state. If it holds this config's state, training goes
     on from the epoch it reached (model, rule, optimizer, scheduler, shuffling and RNG states, history), so
     the run ends bitwise equal to an uninterrupted one on the same device; it is rewritten at the end of an
     epoch once ``checkpoint_every`` seconds (default ``checkpoint_seconds()``) have passed since the last
-    save. Layer-wise rules (FF) are not checkpointed: their per-phase caches of layer inputs are large."""
+    save. Layer-wise rules (FF) are not checkpointed: their per-phase caches of layer inputs are large.
+
+    ``on_epoch(model, row)``: called after each training epoch with the model and that epoch's history row,
+    before a diverged run stops — for diagnostics that look inside the net (e.g. weight norms); it must not
+    change the model."""
     cfg = normalize_config(cfg)
     dev = resolve_device(device)
     data = data if data is not None else load_data(cfg, dev)
@@ -351,6 +356,8 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
                 history[-1]["phase"] = phase
             if aligns:
                 history[-1]["align_cos"] = [float(v) for v in torch.tensor(aligns).nanmean(0)]
+            if on_epoch is not None:
+                on_epoch(model, history[-1])
             if progress is not None:
                 progress(-(-n // bs))
             if not ok:

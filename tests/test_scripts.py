@@ -15,5 +15,14 @@ def test_weight_norm_probe_runs_and_prints_one_line_per_epoch(capsys, mirror, tm
     mod.main(["--seed", "1", "--epochs", "2", "--device", "cpu", "--params", str(root / "params.smoke.yaml")])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and all(len(r["weight_norms"]) == 3 for r in rows)
+    # the recorded paper-length run's own history: same config, seed and shuffling (its lr drop comes later)
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    from repro.train import train
+    job = next(j for j in F.table_jobs(load_params("ftp_table", root / "params.smoke.yaml"), "mnist")
+               if j["part"] == "paper_length" and j["method"] == F.FTP_OS and j["seed"] == 1)
+    assert job["config"]["epochs"] > 2 and job["config"]["optim"]["milestones"][0] >= 2
+    hist = train(job["config"], "cpu").record["history"]
+    assert [r["train_loss"] for r in rows] == [h["train_loss"] for h in hist[1:3]]
     with pytest.raises(SystemExit, match="--method 'FF'"):
         mod.main(["--method", "FF", "--params", str(root / "params.smoke.yaml")])

@@ -370,3 +370,16 @@ def test_missing_weights_of_a_cached_run_are_retrained_bitwise(tiny, tmp_path, c
     store.path(run_key(c)).write_text(json.dumps(rec))
     store.load_weights(c)
     assert "differs from the cached record" in capsys.readouterr().out
+
+
+def test_on_epoch_sees_each_epochs_row_and_model_without_changing_the_run(tiny):
+    """``train(on_epoch=…)``: one call per epoch with that epoch's history row and the model being trained,
+    a diverging run's last row included; the record is the same as without the hook."""
+    seen = []
+    res = T.train(cfg(epochs=3), "cpu", on_epoch=lambda m, row: seen.append((m, dict(row))))
+    assert [row for _, row in seen] == res.record["history"][1:] and all(m is res.model for m, _ in seen)
+    assert metrics(T.train(cfg(epochs=3), "cpu").record) == metrics(res.record)
+    rows = []
+    bad = T.train(cfg({"name": "bp"}, optim={"name": "sgd", "lr": 1e30}, model={"width": 8, "loss": "mse"}, epochs=5),
+                  "cpu", on_epoch=lambda m, row: rows.append(row))
+    assert bad.record["status"] == "diverged" and rows == bad.record["history"][1:]
