@@ -15,6 +15,7 @@ import json
 
 from repro.figures import ftp as F
 from repro.figures.common import load_params
+from repro.models import ConfigError
 from repro.train import train
 
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     P = {**P, "paper_length": {**L, "methods": [a.method], "seeds": [a.seed], "datasets": ["mnist"]}}
     try:
         jobs = [j for j in F.table_jobs(P, "mnist") if j["part"] == "paper_length"]
-    except F.ConfigError as e:
+    except ConfigError as e:
         raise SystemExit(f"--method {a.method!r}: {e}") from None
     cfg = {**jobs[0]["config"], "epochs": min(a.epochs, L["epochs"])}
 
