@@ -424,3 +424,48 @@ def test_paper_length_rows_are_the_table_rows_at_other_epochs_and_stay_out_of_th
     assert pl["ftp_os_fp32_within_2_of_bp"] is False and pl["ftp_fp32_within_2_of_bp"] is False  # 2.4 > 2
     assert "paper_length" not in F.metrics(fin[fin.part == "table"], T)
 
+
+
+def test_paper_length_gammas_rerun_both_ftp_readings_at_other_gammas_and_pick_each_readings_best():
+    """``paper_length.gammas``: the FTP readings (only) again at each other γ, at paper length — for τ₁ the same
+    config as the table's γ-sweep point at that length (so one record serves both) — kept out of the
+    paper-length means at the table's γ, summarised per reading and γ, each reading's best γ checked against BP."""
+    import pandas as pd
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    from repro.train import run_key
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    T = load_params("ftp_table", root / "params.yaml")
+    T = {**T, "paper_length": {**T["paper_length"], "gammas": [0.05, T["gamma"]]}}
+    L = T["paper_length"]
+    extra = [j for j in F.table_jobs(T, "mnist") if j["part"] == "paper_length" and j["gamma"] == 0.05]
+    readings = [m for m in L["methods"] if m.startswith("FTP")]
+    assert sorted((j["method"], j["seed"]) for j in extra) == sorted((m, s) for m in readings for s in L["seeds"])
+    assert all(j["config"]["rule"]["gamma"] == 0.05 and j["config"]["epochs"] == L["epochs"] for j in extra)
+    assert [j["config"]["rule"].get("gamma_mode") for j in extra if j["method"] == F.FTP_OS] == ["output_step"] * 3
+    full = F.table_jobs({**T, "epochs": L["epochs"], "milestones": L["milestones"], "paper_length": None}, "mnist")
+    sweep_keys = {run_key(j["config"]) for j in full if j["method"] == "FTP" and j["gamma"] == 0.05}
+    assert {run_key(j["config"]) for j in extra if j["method"] == "FTP"} == sweep_keys
+
+    def row(m, g, acc, status="ok", seed=1):
+        return {"part": "paper_length", "method": m, "gamma": g, "seed": seed, "status": status,
+                "final_test_acc": acc, "best_test_acc": acc}
+    fin = pd.DataFrame([row("BP", None, 98.3), row("FTP", 0.2, 10.0, "diverged"), row(F.FTP_OS, 0.2, 9.8, "diverged"),
+                        row("FTP", 0.05, 97.7), row("FTP", 0.05, 97.5, seed=2), row(F.FTP_OS, 0.05, 96.0),
+                        row(F.FTP_OS, 0.1, 97.9)])
+    pl = F.metrics(fin, T)["paper_length"]
+    assert pl["final_test_acc"]["FTP"]["mean"] == 10.0 and pl["diverged"] == {"BP": 0, "FTP": 1, F.FTP_OS: 1}
+    assert pl["ftp_fp32_within_2_of_bp"] is False  # the claims' check stays at the table's γ
+    assert pl["gamma_sweep"] == {"FTP": {"0.05": pytest.approx(97.6), "0.2": 10.0},
+                                 F.FTP_OS: {"0.05": 96.0, "0.1": 97.9, "0.2": 9.8}}
+    assert pl["gamma_sweep_diverged"] == {"FTP": {"0.05": 0, "0.2": 1}, F.FTP_OS: {"0.05": 0, "0.1": 0, "0.2": 1}}
+    best = pl["gamma_best"]
+    assert best["ftp"]["gamma"] == 0.05 and best["ftp"]["seeds"] == 2 and best["ftp"]["within_2_of_bp"] is True
+    assert best["ftp_os"]["gamma"] == 0.1 and best["ftp_os"]["final_test_acc"]["mean"] == 97.9
+    assert best["ftp_os"]["within_2_of_bp"] is True
+    higher_bp = fin.assign(final_test_acc=fin.final_test_acc.where(fin.method != "BP", 100.0))
+    assert F.metrics(higher_bp, T)["paper_length"]["gamma_best"]["ftp_os"]["within_2_of_bp"] is False  # 2.1 > 2
+    assert "gamma_sweep" not in F.metrics(fin[fin.gamma.isna() | (fin.gamma == 0.2)], T)["paper_length"]
+    fig = F.plot_table(pd.concat([fin, pd.DataFrame([{**row("BP", None, 98.1), "part": "table"}])]), T, "mnist")
+    assert len(fig.axes) == 4 and "100 epochs" in fig.axes[3].get_title()
+    __import__("matplotlib.pyplot").pyplot.close(fig)

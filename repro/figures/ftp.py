@@ -56,8 +56,9 @@ def _fc_job(P: dict, dataset: str, m: str, seed: int, hardware: dict | None = No
 
 def table_jobs(P: dict, dataset: str) -> list[dict]:
     """The table's runs (``part`` ``table``): FC rows, CNN rows, and the γ sweep on ``gamma_sweep_dataset``.
-    ``paper_length`` (optional; ``{methods, epochs, milestones, seeds, datasets}``) adds FC rows at other
-    epochs and lr milestones (``part`` ``paper_length``): the spec's 100 epochs for a few methods where the
+    ``paper_length`` (optional; ``{methods, epochs, milestones, seeds, datasets, gammas}``) adds FC rows at other
+    epochs and lr milestones (``part`` ``paper_length``; ``gammas``: the FTP readings among ``methods`` again at
+    each other γ): the spec's 100 epochs for a few methods where the
     whole table cannot run that long (README). Same nets and training otherwise, so a later full-length
     table reuses these runs from the run store."""
     jobs = []
@@ -89,6 +90,10 @@ def table_jobs(P: dict, dataset: str) -> list[dict]:
         Q = {**P, "epochs": L["epochs"], "milestones": L["milestones"]}
         jobs += [_fc_job(Q, dataset, m, seed, gamma=P["gamma"] if m.startswith("FTP") else None, part="paper_length")
                  for seed in L["seeds"] for m in L["methods"]]
+        for g in L.get("gammas", []):  # both FTP readings at other γ, same length (the γ sweep at paper length)
+            if g != P["gamma"]:
+                jobs += [_fc_job({**Q, "gamma": g}, dataset, m, seed, gamma=g, part="paper_length")
+                         for seed in L["seeds"] for m in L["methods"] if m.startswith("FTP")]
     return jobs
 
 
@@ -111,6 +116,16 @@ def part_of(df: pd.DataFrame, part: str = "sweep", unlabelled: str = "sweep") ->
     return df[df.part == part] if "part" in df else (df if part == unlabelled else df.iloc[:0])
 
 
+def _table_parts(fin: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The table's runs and the paper-length runs (records from before parts existed are the table's)."""
+    return part_of(fin, "table", unlabelled="table"), part_of(fin, "paper_length", unlabelled="table")
+
+
+def _at_table_gamma(rows: pd.DataFrame, P: dict) -> pd.DataFrame:
+    """The rows at the table's γ, methods without a γ included; the other γ are the sweeps'."""
+    return rows[rows.gamma.isna() | (rows.gamma == P["gamma"])] if "gamma" in rows else rows
+
+
 def _accuracy(rows: pd.DataFrame) -> dict:
     """Final (``agg``) and best-epoch accuracy per method, and the claims' checks: each FTP reading within 2
     points of BP (final test accuracy, 32 bits)."""
@@ -131,19 +146,43 @@ def metrics(fin: pd.DataFrame, P: dict) -> dict:
     """Mean final/best accuracy per method (diverged runs at their measured, chance-level accuracy), the γ
     sweep, and the claims' checks: each FTP reading within 2 points of BP at 32 bits. ``paper_length``: the
     same for the rows trained at the spec's length (``table_jobs``), with its epochs."""
-    table = part_of(fin, "table", unlabelled="table")
+    table, long = _table_parts(fin)
     ok = measured(table)
-    main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
+    main = _at_table_gamma(ok, P)
     out = {**_accuracy(main),
            "gamma_sweep": {str(k): float(g.final_test_acc.mean()) for k, g in ok[ok.method == "FTP"].groupby("gamma")},
            "diverged": _diverged(table)}
     a = out["final_test_acc"]
     if "FTP CNN" in a and "BP CNN" in a:
         out["ftp_cnn_gap_to_bp_cnn"] = a["BP CNN"]["mean"] - a["FTP CNN"]["mean"]
-    long = part_of(fin, "paper_length", unlabelled="table")
     if len(long):
-        out["paper_length"] = {**_accuracy(measured(long)), "epochs": P["paper_length"]["epochs"],
-                               "diverged": _diverged(long)}
+        at_gamma = _at_table_gamma(long, P)
+        out["paper_length"] = {**_accuracy(measured(at_gamma)), "epochs": P["paper_length"]["epochs"],
+                               "diverged": _diverged(at_gamma), **_gamma_sweep(long, P)}
+    return out
+
+
+def _gamma_sweep(long: pd.DataFrame, P: dict) -> dict:
+    """The FTP readings' γ sweep at paper length (``paper_length.gammas`` beside the table's γ): mean final
+    accuracy and diverged runs per reading and γ, and each reading's best γ — chosen on the test set, as the
+    table's γ sweep is (say so where it is quoted) — with its check against the paper-length BP rows."""
+    ftp = measured(long[long.method.isin([label for label, _ in READINGS])])
+    if "gamma" not in ftp or ftp.gamma.nunique() < 2:
+        return {}
+    bp = measured(long[long.method == "BP"]).final_test_acc
+    out: dict = {"gamma_sweep": {}, "gamma_sweep_diverged": {}, "gamma_best": {}}
+    for label, key in READINGS:
+        by_gamma = dict(list(ftp[ftp.method == label].groupby("gamma")))
+        if not by_gamma:
+            continue
+        out["gamma_sweep"][label] = {str(g): float(r.final_test_acc.mean()) for g, r in by_gamma.items()}
+        out["gamma_sweep_diverged"][label] = {str(g): _diverged(r)[label] for g, r in by_gamma.items()}
+        g, rows = max(by_gamma.items(), key=lambda kv: kv[1].final_test_acc.mean())
+        best = {"gamma": float(g), "final_test_acc": agg(rows.final_test_acc), "seeds": int(len(rows)),
+                "diverged": _diverged(rows)[label]}
+        if len(bp):
+            best["within_2_of_bp"] = bool(bp.mean() - rows.final_test_acc.mean() <= 2.0)
+        out["gamma_best"][key] = best
     return out
 
 
@@ -158,11 +197,17 @@ def _mark_diverged_by_method(ax, rows: pd.DataFrame, order: list[str]) -> bool:
 
 
 def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
-    ok = measured(part_of(fin, "table", unlabelled="table"))
-    main = ok[(ok.method != "FTP") | (ok.gamma == P["gamma"])]
-    long = measured(part_of(fin, "paper_length", unlabelled="table"))
-    fig, axes = plt.subplots(1, 3 if len(long) else 2, figsize=(16 if len(long) else 11, 4),
-                             gridspec_kw={"width_ratios": [2, 1.3, 1.3] if len(long) else [1, 1]})
+    ok, long_all = map(measured, _table_parts(fin))
+    L = P.get("paper_length") or {}
+    main, long = _at_table_gamma(ok, P), _at_table_gamma(long_all, P)
+    sweep = long_all[long_all.method.isin([label for label, _ in READINGS])]
+    sweep = sweep if "gamma" in sweep and sweep.gamma.nunique() > 1 else sweep.iloc[:0]
+    if len(sweep):  # 2 × 2: the 10-epoch table and γ sweep above, their paper-length counterparts below
+        fig, axes = plt.subplots(2, 2, figsize=(14, 8), gridspec_kw={"width_ratios": [1.6, 1]})
+        axes = axes.ravel()
+    else:
+        fig, axes = plt.subplots(1, 3 if len(long) else 2, figsize=(16 if len(long) else 11, 4),
+                                 gridspec_kw={"width_ratios": [2, 1.3, 1.3] if len(long) else [1, 1]})
     order = [m for m in P["methods"] + [f"{m} CNN" for m in (P.get("cnn") or {}).get("methods", [])]
              if m in set(main.method)]
     sns.pointplot(main, x="method", y="final_test_acc", order=order, errorbar="sd", linestyle="none", capsize=0.2,
@@ -184,7 +229,6 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
     else:
         axes[1].set_axis_off()
     if len(long):  # the rows trained at the spec's length, beside the same methods' table means (hollow)
-        L = P["paper_length"]
         lorder = [m for m in L["methods"] if m in set(long.method)]
         sns.pointplot(long, x="method", y="final_test_acc", order=lorder, errorbar="sd", linestyle="none",
                       capsize=0.2, ax=axes[2], label=f"{L['epochs']} epochs (mean ± sd)")
@@ -201,6 +245,18 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
         axes[2].set_title(f"paper length: {L['epochs']} epochs, lr ×0.1 at {L['milestones']}, "
                           f"{n} seed{'s' * (n != 1)}", fontsize=9)
         axes[2].set_ylabel("test accuracy (%)")
+    if len(sweep):  # both FTP readings over γ at paper length, against the paper-length BP rows
+        sns.lineplot(sweep, x="gamma", y="final_test_acc", hue="method", marker="o", errorbar="sd", ax=axes[3])
+        mark_diverged(axes[3], sweep, "gamma")
+        bp = long[long.method == "BP"].final_test_acc
+        if len(bp):
+            axes[3].axhline(bp.mean(), ls="--", c="k", lw=1, label=f"BP, {L['epochs']} epochs ({bp.mean():.2f} %)")
+            axes[3].axhline(bp.mean() - 2, ls=":", c="0.5", lw=1, label="BP − 2 points (the claims' margin)")
+        axes[3].set_xscale("log")
+        axes[3].legend(fontsize=7)
+        axes[3].set_title(f"FTP γ sensitivity at {L['epochs']} epochs, both readings (final test accuracy)",
+                          fontsize=9)
+        axes[3].set_ylabel("test accuracy (%)")
     fig.suptitle(budget(P), fontsize=9)
     fig.tight_layout()
     return fig
