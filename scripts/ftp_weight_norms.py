@@ -1,13 +1,20 @@
-"""Diagnostic probe (not a pipeline stage): retrain one FC run of the FTP table's ``paper_length`` rows
-(default: output-step FTP, seed 3) for its first ``--epochs`` epochs through the training engine and print,
-per epoch, its training loss, test error and the Frobenius norm of each weight matrix. Same config, seed and
-shuffling as the recorded 100-epoch run, so its history is that run's (up to the first lr drop the schedule
-does not depend on ``--epochs``); it shows which layer runs away before the run diverges (claims.yaml:
-ftp.mnist.fp32_close_to_bp.output_step.paper_length).
+"""Diagnostic probe (not a pipeline stage): retrain one recorded FC run for its first ``--epochs`` epochs
+through the training engine and print, per epoch, its training loss, test error, the Frobenius norm of each
+weight matrix and the share of each weight matrix's last update that is exactly zero (the rule wrote 0
+into ``.grad``: the learning signal vanished, e.g. by rounding). Same config, seed and shuffling as the
+recorded run, so its history is that run's (up to the first lr drop the schedule does not depend on
+``--epochs``); it shows which layer runs away before a run diverges.
+
+Two sources of runs:
+- default: a ``paper_length`` row of the FTP table (``--method``, ``--seed``; claims.yaml:
+  ftp.mnist.fp32_close_to_bp.output_step.paper_length);
+- ``--bits B``: a run of the quantised sweep (``ftp_quantized``; ``--level``, default ``full``): e.g. why
+  PEPITA recovers at 4 bits but blows up at 6 (README).
 
     python scripts/ftp_weight_norms.py --seed 3 --epochs 20
+    python scripts/ftp_weight_norms.py --method PEPITA --bits 6 --seed 1 --epochs 10
 
-One core: ≈ 7 s an epoch."""
+One core: ≈ 7 s an epoch in float, ≈ 30 s quantised."""
 from __future__ import annotations
 
 import argparse
@@ -19,29 +26,52 @@ from repro.models import ConfigError
 from repro.train import train
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seed", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--method", default=F.FTP_OS, help="an FC method of ftp_table (default: output-step FTP)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--params", default="params.yaml", help="params file (its ftp_table section)")
-    a = ap.parse_args(argv)
+def _table_job(a) -> tuple[dict, int]:
     P = load_params("ftp_table", a.params)
     L = P.get("paper_length") or {}
     if not L:
         raise SystemExit(f"--params {a.params}: ftp_table.paper_length is not set")
-    P = {**P, "paper_length": {**L, "methods": [a.method], "seeds": [a.seed], "datasets": ["mnist"]}}
+    P = {**P, "paper_length": {**L, "methods": [a.method], "seeds": [a.seed], "datasets": ["mnist"], "gammas": []}}
     try:
         jobs = [j for j in F.table_jobs(P, "mnist") if j["part"] == "paper_length"]
     except ConfigError as e:
         raise SystemExit(f"--method {a.method!r}: {e}") from None
-    cfg = {**jobs[0]["config"], "epochs": min(a.epochs, L["epochs"])}
+    return jobs[0]["config"], L["epochs"]
+
+
+def _quantized_job(a) -> tuple[dict, int]:
+    P = load_params("ftp_quantized", a.params)
+    P = {**P, "seeds": [a.seed], "levels": [a.level], "signal_ablation": None, "seeds_by_method": {}}
+    try:
+        jobs = F.quantized_jobs(P, "mnist")
+    except ConfigError as e:
+        raise SystemExit(f"--level {a.level!r}: {e}") from None
+    hit = [j for j in jobs if j["method"] == a.method and j["bits"] == a.bits]
+    if not hit:
+        raise SystemExit(f"--method {a.method!r} --bits {a.bits}: not in ftp_quantized; methods "
+                         f"{sorted({j['method'] for j in jobs})}, bits {sorted({j['bits'] for j in jobs})}")
+    return hit[0]["config"], P["epochs"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--method", default=F.FTP_OS, help="an FC method of the section (default: output-step FTP)")
+    ap.add_argument("--bits", type=int, default=None, help="a bit width of ftp_quantized (default: the FTP table)")
+    ap.add_argument("--level", default="full", help="with --bits: the quantisation level (default: full)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--params", default="params.yaml", help="params file (its ftp_table / ftp_quantized section)")
+    a = ap.parse_args(argv)
+    cfg, epochs = _table_job(a) if a.bits is None else _quantized_job(a)
+    cfg = {**cfg, "epochs": min(a.epochs, epochs)}
 
     def show(model, row):
-        norms = [round(float(p.detach().norm()), 2) for p in model.parameters() if p.dim() == 2]
+        weights = [p for p in model.parameters() if p.dim() == 2]
         print(json.dumps({"epoch": row["epoch"], "train_loss": row["train_loss"], "test_error": row["test_error"],
-                          "weight_norms": norms}), flush=True)
+                          "weight_norms": [round(float(p.detach().norm()), 2) for p in weights],
+                          "zero_update": [None if p.grad is None else round(100 * float((p.grad == 0).float().mean()), 1)
+                                          for p in weights]}), flush=True)
     train(cfg, a.device, on_epoch=show)
 
 

@@ -26,3 +26,33 @@ def test_weight_norm_probe_runs_and_prints_one_line_per_epoch(capsys, mirror, tm
     assert [r["train_loss"] for r in rows] == [h["train_loss"] for h in hist[1:3]]
     with pytest.raises(SystemExit, match="--method 'FF'"):
         mod.main(["--method", "FF", "--params", str(root / "params.smoke.yaml")])
+
+
+def test_weight_norm_probe_retrains_a_quantised_run_with_its_own_history(capsys, mirror, tmp_path, monkeypatch):
+    """``--bits``: the probe takes the run from the quantised sweep (same config, so the same history: the
+    stochastic rounding is seeded by the run), and prints the share of zero update entries per layer."""
+    import importlib.util
+    import json
+    monkeypatch.setenv("REPRO_DATA_MIRROR", str(mirror))
+    monkeypatch.setenv("REPRO_DATA_ROOT", str(tmp_path / "data"))
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("ftp_weight_norms", root / "scripts" / "ftp_weight_norms.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    smoke = str(root / "params.smoke.yaml")
+    mod.main(["--method", "PEPITA", "--bits", "4", "--seed", "1", "--device", "cpu", "--params", smoke])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    from repro.train import train
+    P = load_params("ftp_quantized", smoke)
+    job = next(j for j in F.quantized_jobs(P, "mnist")
+               if j["method"] == "PEPITA" and j["bits"] == 4 and j["seed"] == 1 and j["level"] == "full")
+    hist = train(job["config"], "cpu").record["history"]
+    assert [r["train_loss"] for r in rows] == [h["train_loss"] for h in hist[1:]] and len(rows) == P["epochs"]
+    assert all(len(r["zero_update"]) == 3 and 0 <= min(r["zero_update"]) <= max(r["zero_update"]) <= 100 for r in rows)
+    assert rows[0]["zero_update"][0] > 50  # at 4 bits most of PEPITA's first-layer update entries round to 0
+    with pytest.raises(SystemExit, match="--method 'PEPITA' --bits 5: not in ftp_quantized"):
+        mod.main(["--method", "PEPITA", "--bits", "5", "--params", smoke])
+    with pytest.raises(SystemExit, match="--level 'nope'"):
+        mod.main(["--method", "PEPITA", "--bits", "4", "--level", "nope", "--params", smoke])
