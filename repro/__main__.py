@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--results", default="results")
     s.add_argument("--only", action="append", default=[], metavar="COLUMN=VALUE",
                    help="train only the jobs whose column (dataset, algorithm, seed) has this value")
+    s.add_argument("--restore-weights", action="store_true",
+                   help="also retrain finished runs whose weights are missing here (a fresh clone has records only)")
     c = sub.add_parser("check", help="claims table: reported vs reproduced; exit 1 on an unexpected miss")
     c.add_argument("--claims", default="claims.yaml")
     c.add_argument("--markdown", action="store_true", help="print the README table")
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "sweep":
             from .figures.common import load_params
             from .figures import SECTIONS
-            P = load_params(a.section, a.params)
+            P = {**load_params(a.section, a.params), "restore_weights": a.restore_weights}
             only = dict(o.split("=", 1) for o in a.only)
             SECTIONS[a.section](a.section, P, a.results, only=only)
         elif a.cmd == "check":

@@ -169,6 +169,17 @@ def test_cli_reports_bad_input_in_one_line(capsys):
     assert err.startswith("error: section='no_such_section'") and err.count("\n") == 1
 
 
+def test_cli_sweep_passes_restore_weights_to_the_section(monkeypatch):
+    from repro.__main__ import main
+    from repro import figures
+    seen = []
+    monkeypatch.setitem(figures.SECTIONS, "ftp_table", lambda section, P, results, only=None: seen.append(
+        (P["restore_weights"], only)))
+    assert main(["sweep", "ftp_table", "--only", "dataset=mnist", "--restore-weights"]) in (0, None)
+    assert main(["sweep", "ftp_table", "--only", "dataset=mnist"]) in (0, None)
+    assert seen == [(True, {"dataset": "mnist"}), (False, {"dataset": "mnist"})]
+
+
 def test_alignment_is_one_for_bp_and_measured_on_pre_update_weights(tiny):
     rec = T.train(cfg({"name": "bp"}, align_every=1, epochs=1)).record
     assert all(abs(c - 1) < 1e-5 for c in rec["history"][1]["align_cos"])
@@ -370,6 +381,29 @@ def test_missing_weights_of_a_cached_run_are_retrained_bitwise(tiny, tmp_path, c
     store.path(run_key(c)).write_text(json.dumps(rec))
     store.load_weights(c)
     assert "differs from the cached record" in capsys.readouterr().out
+
+
+def test_sweep_restore_weights_retrains_only_the_runs_whose_weights_are_missing(tiny, tmp_path, capsys):
+    """``python -m repro sweep … --restore-weights`` (``P["restore_weights"]`` in ``run_all``): a store with
+    records but some weights missing (a fresh clone) gets them back by retraining just those runs; without
+    the flag nothing is retrained."""
+    from repro.figures.common import run_all
+    store = RunStore(tmp_path / "runs", tmp_path / "weights")
+    jobs = [{"seed": s, "config": cfg(seed=s, rule={"name": "dfa"})} for s in (1, 2, 3)]
+    P = {"device": "cpu", "workers": 1}
+    run_all(jobs, store, P, desc="t")
+    originals = {s: store.load_weights(j["config"])[0] for s, j in zip((1, 2, 3), jobs)}
+    for j in jobs[:2]:
+        (tmp_path / "weights" / f"{run_key(j['config'])}.pt").unlink()
+    n = len(tiny)
+    run_all(jobs, store, P, desc="t")
+    assert len(tiny) == n and not (tmp_path / "weights" / f"{run_key(jobs[0]['config'])}.pt").exists()
+    run_all(jobs, store, {**P, "restore_weights": True}, desc="t")
+    assert len(tiny) == n + 2  # the two missing runs, not the third
+    assert "t: 3 runs, weights missing for 2" in capsys.readouterr().out
+    for s, j in zip((1, 2), jobs):
+        for p, q in zip(store.load_weights(j["config"])[0].parameters(), originals[s].parameters()):
+            assert torch.equal(p, q)
 
 
 def test_on_epoch_sees_each_epochs_row_and_model_without_changing_the_run(tiny):

@@ -50,8 +50,17 @@ def store_for(section: str, results: str | Path = "results") -> RunStore:
 
 
 def run_all(jobs: list[dict], store: RunStore, P: dict, desc: str) -> list[dict]:
-    """``jobs``: dicts with ``config`` plus descriptive columns; returns them with ``record`` added."""
+    """``jobs``: dicts with ``config`` plus descriptive columns; returns them with ``record`` added.
+    ``P["restore_weights"]`` (set by ``python -m repro sweep --restore-weights``, never in params.yaml): then
+    retrain each finished run whose weights this store lacks (a fresh clone, an older checkout) for them,
+    one after another (``RunStore.restore_weights``: on the CPU its history equals the record's bitwise)."""
     recs = sweep([j["config"] for j in jobs], store, device=P["device"], workers=P["workers"], desc=desc)
+    if P.get("restore_weights"):
+        keys = {run_key(j["config"]): j["config"] for j in jobs}
+        missing = [k for k in keys if not (store.weights / f"{k}.pt").is_file()]
+        print(f"{desc}: {len(keys)} runs, weights missing for {len(missing)}", flush=True)
+        for k in missing:
+            store.restore_weights(keys[k], device=P["device"])
     return [{**j, "record": r, "key": run_key(j["config"])} for j, r in zip(jobs, recs)]
 
 
