@@ -416,9 +416,10 @@ def test_paper_length_rows_are_the_table_rows_at_other_epochs_and_stay_out_of_th
     fin = pd.DataFrame([row("table", "BP", 98.0), row("table", "FTP", 9.8, "diverged"), row("table", F.FTP_OS, 97.5),
                         row("paper_length", "BP", 98.4), row("paper_length", "FTP", 11.4),
                         row("paper_length", F.FTP_OS, 96.0)])
-    m = F.metrics(fin, T)
+    sweep_point = {**row("table", "FTP", 9.8, "diverged"), "gamma": 1.0}  # a γ-sweep run: not the table's
+    m = F.metrics(pd.concat([fin, pd.DataFrame([sweep_point])], ignore_index=True), T)
     assert m["final_test_acc"]["BP"]["mean"] == 98.0 and m["ftp_os_fp32_within_2_of_bp"] is True
-    assert m["diverged"] == {"BP": 0, "FTP": 1, F.FTP_OS: 0}
+    assert m["diverged"] == {"BP": 0, "FTP": 1, F.FTP_OS: 0} and m["gamma_sweep"]["1.0"] == 9.8
     pl = m["paper_length"]
     assert pl["epochs"] == L["epochs"] and pl["final_test_acc"]["BP"]["mean"] == 98.4
     assert pl["ftp_os_fp32_within_2_of_bp"] is False and pl["ftp_fp32_within_2_of_bp"] is False  # 2.4 > 2

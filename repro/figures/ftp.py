@@ -151,7 +151,7 @@ def metrics(fin: pd.DataFrame, P: dict) -> dict:
     main = _at_table_gamma(ok, P)
     out = {**_accuracy(main),
            "gamma_sweep": {str(k): float(g.final_test_acc.mean()) for k, g in ok[ok.method == "FTP"].groupby("gamma")},
-           "diverged": _diverged(table)}
+           "diverged": _diverged(_at_table_gamma(table, P))}  # the γ sweep's runs: gamma_sweep (as paper_length)
     a = out["final_test_acc"]
     if "FTP CNN" in a and "BP CNN" in a:
         out["ftp_cnn_gap_to_bp_cnn"] = a["BP CNN"]["mean"] - a["FTP CNN"]["mean"]
