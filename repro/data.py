@@ -313,6 +313,9 @@ class Data:
     labels_train: torch.Tensor | None = None
     labels_test: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)
+    x_val: torch.Tensor | None = None  # a validation split held out of the training set (``hold_out``)
+    y_val: torch.Tensor | None = None
+    labels_val: torch.Tensor | None = None
 
     @property
     def n_in(self) -> int:
@@ -332,7 +335,27 @@ class Data:
             return v if (v is None or n is None) else v[:n]
         return Data(self.name, self.task, cut(self.x_train, n_train), cut(self.y_train, n_train),
                     cut(self.x_test, n_test), cut(self.y_test, n_test), cut(self.labels_train, n_train),
-                    cut(self.labels_test, n_test), dict(self.meta))
+                    cut(self.labels_test, n_test), dict(self.meta), self.x_val, self.y_val, self.labels_val)
+
+    def hold_out(self, n_val: int) -> "Data":
+        """The last ``n_val`` training samples as a validation split (``x_val``…), the rest as training set
+        (deterministic, the same split for every seed; on MNIST with n_val 10 000: the classic 50k / 10k).
+        The test split is untouched: a hyperparameter chosen on ``val`` is then judged on ``test``."""
+        n = len(self.x_train)
+        if not isinstance(n_val, int) or isinstance(n_val, bool) or not 0 < n_val < n:
+            raise DataError(f"n_val={n_val!r} must be an integer between 1 and {n - 1} (the training set has {n})")
+        if self.x_val is not None:
+            raise DataError(f"{self.name}: a validation split is already held out")
+        k = n - n_val
+
+        def head(v):
+            return None if v is None else v[:k]
+
+        def tail(v):
+            return None if v is None else v[k:]
+        return Data(self.name, self.task, head(self.x_train), head(self.y_train), self.x_test, self.y_test,
+                    head(self.labels_train), self.labels_test, {**self.meta, "n_val": n_val},
+                    tail(self.x_train), tail(self.y_train), tail(self.labels_train))
 
 
 def _one_hot(labels: torch.Tensor, n: int) -> torch.Tensor:

@@ -40,7 +40,7 @@ from .rules import Batch, make_rule
 
 CACHE_VERSION = 1  # bump when a change alters what a given config computes
 DEFAULTS = {
-    "dataset": {"name": "mnist", "normalize": "standard", "n_train": None, "n_test": None},
+    "dataset": {"name": "mnist", "normalize": "standard", "n_train": None, "n_test": None, "n_val": 0},
     "model": {"arch": "mlp", "width": 500, "depth": 1, "widths": None, "act": "tanh", "loss": "bce", "bias": True,
               "init": "default", "out_width": None, "cnn": None},
     "rule": {"name": "bp"},
@@ -86,6 +86,10 @@ def normalize_config(cfg: dict) -> dict:
     for k in ("epochs", "batch_size", "seed", "align_every"):
         if not isinstance(out[k], int) or isinstance(out[k], bool) or out[k] < (0 if k != "batch_size" else 1):
             raise ConfigError(f"{k}={out[k]!r} must be a {'positive' if k == 'batch_size' else 'non-negative'} integer")
+    nv = out["dataset"]["n_val"]
+    if not isinstance(nv, int) or isinstance(nv, bool) or nv < 0:
+        raise ConfigError(f"dataset.n_val={nv!r} must be a non-negative integer (training samples held out for "
+                          "validation; 0 = none)")
     check_choice("optim.name", out["optim"]["name"], ("adam", "sgd"))
     lr = out["optim"]["lr"]
     if not isinstance(lr, (int, float)) or not lr > 0:
@@ -96,7 +100,7 @@ def normalize_config(cfg: dict) -> dict:
 # Settings added after runs were cached: left out of the key while at their default, so every
 # existing run keeps its key (a new setting must not invalidate the run cache).
 OMIT_FROM_KEY_IF_DEFAULT = {"align_every": 0, "model.widths": None, "hardware": None, "model.out_width": None,
-                            "model.cnn": None}
+                            "model.cnn": None, "dataset.n_val": 0}
 
 
 def run_key(cfg: dict) -> str:
@@ -165,7 +169,20 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor | Non
 
 def load_data(cfg: dict, device) -> data_mod.Data:
     d = cfg["dataset"]
-    return data_mod.load(d["name"], normalize=d["normalize"], n_train=d["n_train"], n_test=d["n_test"]).to(device)
+    data = data_mod.load(d["name"], normalize=d["normalize"], n_train=d["n_train"], n_test=d["n_test"])
+    return with_validation(data, cfg).to(device)
+
+
+def with_validation(data: data_mod.Data, cfg: dict) -> data_mod.Data:
+    """``data`` with the config's validation split held out (``dataset.n_val`` last training samples; the
+    same split for every seed), or as it is when ``n_val`` is 0 or the split is already there."""
+    n_val = cfg["dataset"].get("n_val", 0)
+    if not n_val or data.x_val is not None:
+        return data
+    try:
+        return data.hold_out(n_val)
+    except data_mod.DataError as exc:
+        raise ConfigError(f"dataset.{exc}") from exc
 
 
 @dataclass
@@ -267,7 +284,7 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
     change the model."""
     cfg = normalize_config(cfg)
     dev = resolve_device(device)
-    data = data if data is not None else load_data(cfg, dev)
+    data = with_validation(data if data is not None else load_data(cfg, dev), cfg)
     model, rule = build(cfg, dev, data)
     phases = rule.phases(model)
     layerwise = len(phases) > 1  # greedy layer-wise rules: each phase trains one group for `epochs`
@@ -317,6 +334,7 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
         model.eval()  # BatchNorm running statistics, no dropout modules (MLPs have neither)
         tr = ev(model, data.x_train, data.y_train, data.labels_train)
         te = ev(model, data.x_test, data.y_test, data.labels_test)
+        va = ev(model, data.x_val, data.y_val, data.labels_val) if data.x_val is not None else None
         model.train()
         row = {"epoch": epoch, "train_loss": tr["loss"], "test_loss": te["loss"], "step_loss": train_loss,
                "time_train": t_train}
@@ -324,6 +342,8 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
             row["train_error"], row["test_error"] = tr["error"], te["error"]
         for k in te.keys() - {"loss", "error"}:  # rule-specific metrics, e.g. per-layer errors
             row[f"train_{k}"], row[f"test_{k}"] = tr[k], te[k]
+        for k, v in (va or {}).items():  # the validation split's (dataset.n_val), when one is held out
+            row[f"val_{k}"] = v
         history.append(row)
         return all(math.isfinite(v) for v in (tr["loss"], te["loss"], train_loss or 0.0))
 
@@ -374,6 +394,10 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
     if "test_error" in last:
         summary["final_test_error"] = last["test_error"]
         summary["best_test_error"] = min(h["test_error"] for h in history[1:]) if len(history) > 1 else last["test_error"]
+    for k in ("loss", "error"):  # the validation split's, when one is held out (dataset.n_val)
+        if f"val_{k}" in last:
+            summary[f"final_val_{k}"] = last[f"val_{k}"]
+            summary[f"best_val_{k}"] = min(h[f"val_{k}"] for h in history[1:]) if len(history) > 1 else last[f"val_{k}"]
     record = {"key": key, "config": cfg, "status": status, "summary": summary, "history": history,
               "env": {"device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "host": platform.node(), "seconds": round(time.perf_counter() - t0, 2)}}
@@ -516,7 +540,7 @@ def _steps(cfg: dict) -> int:
         phases = len(cnn["channels"]) + len(cnn["fc"]) + 1
     else:
         phases = len(m["widths"]) + 1 if m.get("widths") else m["depth"] + 1
-    n = d["n_train"] or data_mod.entry(d["name"]).n_train
+    n = (d["n_train"] or data_mod.entry(d["name"]).n_train) - d["n_val"]
     return phases * c["epochs"] * -(-n // c["batch_size"])
 
 

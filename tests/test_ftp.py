@@ -400,7 +400,7 @@ def test_paper_length_rows_are_the_table_rows_at_other_epochs_and_stay_out_of_th
     L = T["paper_length"]
     jobs = F.table_jobs(T, "mnist")
     long = [j for j in jobs if j["part"] == "paper_length" and j["gamma"] in (None, T["gamma"])]  # γ runs: below
-    assert {j["part"] for j in jobs} == {"table", "paper_length"}
+    assert {j["part"] for j in jobs} == {"table", "paper_length"} | ({"val_gamma"} if L.get("val_gamma") else set())
     assert sorted((j["method"], j["seed"]) for j in long) == sorted((m, s) for m in L["methods"] for s in L["seeds"])
     full = F.table_jobs({**T, "epochs": L["epochs"], "milestones": L["milestones"], "paper_length": None}, "mnist")
     full_keys = {run_key(j["config"]) for j in full}
@@ -470,3 +470,60 @@ def test_paper_length_gammas_rerun_both_ftp_readings_at_other_gammas_and_pick_ea
     fig = F.plot_table(pd.concat([fin, pd.DataFrame([{**row("BP", None, 98.1), "part": "table"}])]), T, "mnist")
     assert len(fig.axes) == 4 and "100 epochs" in fig.axes[3].get_title()
     __import__("matplotlib.pyplot").pyplot.close(fig)
+
+
+def test_val_gamma_reruns_the_paper_length_gamma_sweep_on_a_held_out_split_and_picks_gamma_there():
+    """``paper_length.val_gamma``: both FTP readings at the table's γ and each ``gammas`` value, same length,
+    with the last n training samples held out (only that differs from the paper-length runs); γ is chosen on
+    the held-out accuracy, never the test set's, and judged by the full-training-set run's test accuracy."""
+    import pandas as pd
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    T = load_params("ftp_table", root / "params.yaml")
+    T = {**T, "paper_length": {**T["paper_length"], "gammas": [0.05, 0.1], "val_gamma": 1000}}
+    L = T["paper_length"]
+    jobs = F.table_jobs(T, "mnist")
+    val = [j for j in jobs if j["part"] == "val_gamma"]
+    readings = [m for m in L["methods"] if m.startswith("FTP")]
+    assert sorted((j["method"], j["gamma"], j["seed"]) for j in val) == sorted(
+        (m, g, s) for m in readings for g in (0.05, 0.1, 0.2) for s in L["seeds"])
+    twin = {(j["method"], j["gamma"], j["seed"]): j["config"] for j in jobs if j["part"] == "paper_length"}
+    for j in val:  # the paper-length run's config, with the split held out
+        c = j["config"]
+        assert c["dataset"]["n_val"] == 1000
+        assert {**c, "dataset": {**c["dataset"], "n_val": 0}} == {
+            **twin[(j["method"], j["gamma"], j["seed"])],
+            "dataset": {**c["dataset"], "n_val": 0}}
+    assert not [j for j in F.table_jobs({**T, "paper_length": {**L, "val_gamma": 0}}, "mnist")
+                if j["part"] == "val_gamma"]
+
+    def row(part, m, g, test, val=None, status="ok", seed=1):
+        return {"part": part, "method": m, "gamma": g, "seed": seed, "status": status, "final_test_acc": test,
+                "best_test_acc": test, "final_val_acc": val}
+    fin = pd.DataFrame([row("paper_length", "BP", None, 98.3),
+                        row("paper_length", "FTP", 0.2, 10.0, status="diverged"),
+                        row("paper_length", "FTP", 0.05, 97.5), row("paper_length", "FTP", 0.1, 97.9),
+                        row("paper_length", F.FTP_OS, 0.05, 98.0), row("paper_length", F.FTP_OS, 0.1, 95.0),
+                        # validation prefers 0.05 for τ₁ (the test set would say 0.1) and 0.1 for output step
+                        row("val_gamma", "FTP", 0.05, 97.0, 97.4), row("val_gamma", "FTP", 0.1, 97.8, 96.0),
+                        row("val_gamma", "FTP", 0.1, 97.8, 98.0, seed=2),
+                        row("val_gamma", "FTP", 0.2, 10.0, 9.9, "diverged"),
+                        row("val_gamma", F.FTP_OS, 0.05, 97.0, 96.5), row("val_gamma", F.FTP_OS, 0.1, 96.0, 97.5)])
+    m = F.metrics(fin, T)
+    pl = m["paper_length"]
+    v = pl["val_gamma"]
+    assert v["ftp"]["gamma"] == 0.05 and v["ftp"]["val_acc"] == {"0.05": 97.4, "0.1": 97.0, "0.2": 9.9}
+    assert v["ftp"]["diverged"] == {"0.05": 0, "0.1": 0, "0.2": 1} and v["ftp"]["n_val"] == 1000
+    assert v["ftp"]["final_test_acc"]["mean"] == 97.5 and v["ftp"]["held_out_test_acc"]["mean"] == 97.0
+    assert v["ftp"]["within_2_of_bp"] is True and pl["ftp_val_gamma_within_2_of_bp"] is True
+    assert v["ftp_os"]["gamma"] == 0.1 and v["ftp_os"]["final_test_acc"]["mean"] == 95.0
+    assert pl["ftp_os_val_gamma_within_2_of_bp"] is False  # 3.3 points below BP: the pick is kept
+    assert pl["final_test_acc"]["FTP"]["mean"] == 10.0  # the held-out runs stay out of the paper-length rows
+    assert pl["gamma_best"]["ftp"]["gamma"] == 0.1  # … and out of the test-set γ sweep
+    assert "val_gamma" not in F.metrics(fin[fin.part != "val_gamma"], T)["paper_length"]
+    fig = F.plot_table(pd.concat([fin, pd.DataFrame([{**row("table", "BP", None, 98.1)}])]), T, "mnist")
+    labels = fig.axes[3].get_legend_handles_labels()[1]
+    assert "FTP: validation accuracy (1,000 held out)" in labels and "FTP: γ chosen on validation" in labels
+    __import__("matplotlib.pyplot").pyplot.close(fig)
+

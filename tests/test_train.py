@@ -154,6 +154,34 @@ def test_bad_parameters_give_one_clear_line(tiny, change, match):
     assert "\n" not in str(ei.value)
 
 
+def test_a_validation_split_is_held_out_of_the_training_set_and_measured_every_epoch(tiny):
+    """``dataset.n_val``: the last n training samples become a validation split, the same for every seed,
+    measured each epoch beside the untouched test split; 0 (the default) leaves the run and its key as they were."""
+    from repro.data import Data
+    d = tiny_data(n_in=784, n_out=10)
+    h = d.hold_out(16)
+    assert torch.equal(h.x_train, d.x_train[:48]) and torch.equal(h.x_val, d.x_train[48:])
+    assert torch.equal(h.labels_val, d.labels_train[48:]) and torch.equal(h.x_test, d.x_test)
+    assert isinstance(h.to("cpu"), Data) and torch.equal(h.subset(8, 8).x_val, h.x_val)
+    base = cfg({"name": "bp"})
+    held = {**base, "dataset": {**base["dataset"], "n_val": 16}}
+    assert run_key({**base, "dataset": {**base["dataset"], "n_val": 0}}) == run_key(base)  # old keys stand
+    assert run_key(held) != run_key(base)
+    rec = T.train(held).record
+    assert all("val_error" in r and "val_loss" in r for r in rec["history"])
+    assert rec["summary"]["final_val_error"] == rec["history"][-1]["val_error"]
+    assert rec["summary"]["best_val_error"] == min(r["val_error"] for r in rec["history"][1:])
+    # the held-out run is the run on the first 48 samples, with validation measured beside it
+    seen = T.train(base, data=Data(**{**d.__dict__, "x_train": d.x_train[:48], "y_train": d.y_train[:48],
+                                      "labels_train": d.labels_train[:48]})).record
+    assert metrics(seen) == [{k: v for k, v in r.items() if not k.startswith("val_")} for r in metrics(rec)]
+    assert "final_val_error" not in T.train(base).record["summary"]
+    for bad, match in ((64, "between 1 and 63"), (-1, "non-negative integer"), (True, "non-negative integer")):
+        with pytest.raises(ConfigError, match=f"dataset.n_val={bad}") as ei:
+            T.train({**base, "dataset": {**base["dataset"], "n_val": bad}})
+        assert match in str(ei.value) and "\n" not in str(ei.value)
+
+
 def test_bad_device():
     with pytest.raises(ConfigError, match="device="):
         T.resolve_device("tpu")

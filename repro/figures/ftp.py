@@ -94,6 +94,14 @@ def table_jobs(P: dict, dataset: str) -> list[dict]:
             if g != P["gamma"]:
                 jobs += [_fc_job({**Q, "gamma": g}, dataset, m, seed, gamma=g, part="paper_length")
                          for seed in L["seeds"] for m in L["methods"] if m.startswith("FTP")]
+        n_val = L.get("val_gamma", 0)
+        if n_val:  # the same γ sweep with the last n_val training samples held out: γ chosen on validation
+            for g in sorted({P["gamma"], *L.get("gammas", [])}):
+                for seed in L["seeds"]:
+                    for m in (m for m in L["methods"] if m.startswith("FTP")):
+                        job = _fc_job({**Q, "gamma": g}, dataset, m, seed, gamma=g, part="val_gamma")
+                        job["config"]["dataset"]["n_val"] = n_val
+                        jobs.append(job)
     return jobs
 
 
@@ -103,6 +111,8 @@ def _run(jobs: list[dict], dataset: str, section: str, P: dict, results: str):
     if reason is None:
         fin["final_test_acc"] = 100.0 - fin["final_test_error"]
         fin["best_test_acc"] = 100.0 - fin["best_test_error"]
+        if "final_val_error" in fin:  # runs with a held-out validation split (dataset.n_val)
+            fin["final_val_acc"] = 100.0 - fin["final_val_error"]
     return hist, fin, reason
 
 
@@ -159,6 +169,37 @@ def metrics(fin: pd.DataFrame, P: dict) -> dict:
         at_gamma = _at_table_gamma(long, P)
         out["paper_length"] = {**_accuracy(measured(at_gamma)), "epochs": P["paper_length"]["epochs"],
                                "diverged": _diverged(at_gamma), **_gamma_sweep(long, P)}
+        val = part_of(fin, "val_gamma", unlabelled="table")
+        if len(val):
+            out["paper_length"].update(_val_gamma(val, long, P))
+    return out
+
+
+def _val_gamma(val: pd.DataFrame, long: pd.DataFrame, P: dict) -> dict:
+    """γ chosen on a validation split (``paper_length.val_gamma``: the last n training samples held out): per
+    FTP reading, the mean final validation accuracy per γ (runs trained on the rest), the γ with the highest,
+    and the test accuracy at that γ of the paper-length runs trained on the whole training set (the usual
+    refit; the held-out runs' own test accuracy beside it) — the claims' check against BP without choosing
+    γ on the test set. Diverged runs count at their measured (chance) accuracy."""
+    bp = measured(long[long.method == "BP"]).final_test_acc
+    out: dict = {"val_gamma": {}}
+    for label, key in READINGS:
+        rows = val[val.method == label]
+        if not len(rows):
+            continue
+        by_gamma = dict(list(rows.groupby("gamma")))
+        g = max(by_gamma, key=lambda k: by_gamma[k].final_val_acc.mean())
+        refit = measured(long[(long.method == label) & (long.gamma == g)])
+        r = {"n_val": int(P["paper_length"]["val_gamma"]), "gamma": float(g),
+             "val_acc": {str(k): float(v.final_val_acc.mean()) for k, v in by_gamma.items()},
+             "diverged": {str(k): _diverged(v)[label] for k, v in by_gamma.items()},
+             "held_out_test_acc": agg(by_gamma[g].final_test_acc)}
+        if len(refit):
+            r["final_test_acc"] = agg(refit.final_test_acc)
+            if len(bp):
+                r["within_2_of_bp"] = bool(bp.mean() - refit.final_test_acc.mean() <= 2.0)
+                out[f"{key}_val_gamma_within_2_of_bp"] = r["within_2_of_bp"]
+        out["val_gamma"][key] = r
     return out
 
 
@@ -256,16 +297,30 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
                           f"{n} seed{'s' * (n != 1)}", fontsize=9)
         axes[2].set_ylabel("test accuracy (%)")
     if len(sweep):  # both FTP readings over γ at paper length, against the paper-length BP rows
-        sns.lineplot(sweep, x="gamma", y="final_test_acc", hue="method", marker="o", errorbar=("pi", 100), ax=axes[3])
+        hue = [label for label, _ in READINGS if label in set(sweep.method)]
+        sns.lineplot(sweep, x="gamma", y="final_test_acc", hue="method", hue_order=hue, marker="o",
+                     errorbar=("pi", 100), ax=axes[3])
         mark_diverged(axes[3], sweep, "gamma")
+        val = part_of(fin, "val_gamma", unlabelled="table")
+        if len(val):  # γ chosen on the held-out split: validation accuracy (dashed) and the pick's test accuracy (★)
+            picks = _val_gamma(val, long_all, P)["val_gamma"]
+            for i, (label, key) in enumerate((r for r in READINGS if r[0] in hue)):
+                v = val[val.method == label].groupby("gamma").final_val_acc.mean()
+                axes[3].plot(v.index, v.values, ls="--", marker="s", mfc="none", c=f"C{i}", lw=1,
+                             label=f"{label}: validation accuracy ({L['val_gamma']:,} held out)")
+                r = picks.get(key, {})
+                if "final_test_acc" in r:
+                    axes[3].scatter([r["gamma"]], [r["final_test_acc"]["mean"]], marker="*", s=180, c=f"C{i}",
+                                    edgecolors="k", zorder=7, label=f"{label}: γ chosen on validation")
         bp = long[long.method == "BP"].final_test_acc
         if len(bp):
             axes[3].axhline(bp.mean(), ls="--", c="k", lw=1, label=f"BP, {L['epochs']} epochs ({bp.mean():.2f} %)")
             axes[3].axhline(bp.mean() - 2, ls=":", c="0.5", lw=1, label="BP − 2 points (the claims' margin)")
         _gamma_axis(axes[3], sweep.gamma)
         axes[3].legend(fontsize=7)
-        axes[3].set_title(f"FTP γ sensitivity at {L['epochs']} epochs, both readings (band: min–max over seeds)",
-                          fontsize=9)
+        axes[3].set_title(f"FTP γ sensitivity at {L['epochs']} epochs, both readings (band: min–max over seeds)"
+                          + ("\ndashed: accuracy on the held-out split; ★: test accuracy at the γ chosen there"
+                             if len(val) else ""), fontsize=9)
         axes[3].set_ylabel("test accuracy (%)")
     fig.suptitle(budget(P), fontsize=9)
     fig.tight_layout()
