@@ -203,12 +203,18 @@ def _val_gamma(val: pd.DataFrame, long: pd.DataFrame, P: dict) -> dict:
     return out
 
 
+def _readings_over_gamma(rows: pd.DataFrame) -> pd.DataFrame:
+    """The FTP readings' rows if they ran at two γ or more (a γ sweep), else none."""
+    ftp = rows[rows.method.isin([label for label, _ in READINGS])]
+    return ftp if "gamma" in ftp and ftp.gamma.nunique() > 1 else ftp.iloc[:0]
+
+
 def _gamma_sweep(long: pd.DataFrame, P: dict) -> dict:
     """The FTP readings' γ sweep at paper length (``paper_length.gammas`` beside the table's γ): mean final
     accuracy and diverged runs per reading and γ, and each reading's best γ — chosen on the test set, as the
     table's γ sweep is (say so where it is quoted) — with its check against the paper-length BP rows."""
-    ftp = measured(long[long.method.isin([label for label, _ in READINGS])])
-    if "gamma" not in ftp or ftp.gamma.nunique() < 2:
+    ftp = _readings_over_gamma(measured(long))
+    if not len(ftp):
         return {}
     bp = measured(long[long.method == "BP"]).final_test_acc
     out: dict = {"gamma_sweep": {}, "gamma_sweep_diverged": {}, "gamma_best": {}}
@@ -250,8 +256,7 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
     ok, long_all = map(measured, _table_parts(fin))
     L = P.get("paper_length") or {}
     main, long = _at_table_gamma(ok, P), _at_table_gamma(long_all, P)
-    sweep = long_all[long_all.method.isin([label for label, _ in READINGS])]
-    sweep = sweep if "gamma" in sweep and sweep.gamma.nunique() > 1 else sweep.iloc[:0]
+    sweep = _readings_over_gamma(long_all)
     if len(sweep):  # 2 × 2: the 10-epoch table and γ sweep above, their paper-length counterparts below
         fig, axes = plt.subplots(2, 2, figsize=(14, 8), gridspec_kw={"width_ratios": [1.6, 1]})
         axes = axes.ravel()
