@@ -1,4 +1,4 @@
-"""Command line: ``python -m repro {fetch,sweep,check,bench}``."""
+"""Command line: ``python -m repro {fetch,sweep,check,macs,readme,spec,bench}``."""
 from __future__ import annotations
 
 import argparse
@@ -25,10 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     mc = sub.add_parser("macs", help="FTP paper's analytic MAC counts per training sample (JSON)")
     mc.add_argument("--out", default=None)
     sub.add_parser("readme", help="rewrite README.md's claims and benchmark tables from committed results")
+    sp = sub.add_parser("spec", help="dvc exp run with params.spec.yaml: every figure at the papers' full scale (a GPU's)")
+    sp.add_argument("--print", action="store_true", dest="print_only",
+                    help="show the runs per section at each scale and the command; run nothing")
+    sp.add_argument("--params", default="params.yaml")
+    sp.add_argument("--spec", default="params.spec.yaml")
     b = sub.add_parser("bench", help="time one training epoch and peak memory per rule vs BP")
     b.add_argument("--quick", action="store_true", help="fewer steps (CI)")
     b.add_argument("--out", default=None, help="write the table as JSON here")
-    a = ap.parse_args(argv)
+    a, rest = ap.parse_known_args(argv)
+    if rest and a.cmd != "spec":
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
 
     from .data import DataError
     from .models import ConfigError
@@ -60,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "readme":
             from .claims import update_readme
             update_readme()
+        elif a.cmd == "spec":  # arguments it does not know go to dvc exp run (e.g. --queue, --temp)
+            from .spec import main as spec_main
+            return spec_main(a.params, a.spec, a.print_only, rest)
         elif a.cmd == "bench":
             from .bench import main as bench_main
             return bench_main(quick=a.quick, out=a.out)

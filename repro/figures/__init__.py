@@ -25,6 +25,14 @@ def _jobs_for(section: str, P: dict, datasets: list[str]) -> list[dict]:
             "ftp_alignment": ftp.alignment_jobs}[section](P)
 
 
+def jobs(section: str, P: dict) -> list[dict]:
+    """Every run of a figure section (all its datasets), without training: for counting and validation."""
+    if section in SECTIONS and SECTIONS[section] is _f3:
+        from . import f3
+        return f3.JOBS[section](P)
+    return _jobs_for(section, P, P["datasets"] if section in PER_DATASET else [])
+
+
 def _sweep(section, P, results, only=None):
     """Train a section's runs without the notebook, e.g. in the background on a GPU machine
     (``python -m repro sweep foton_depth --only dataset=mnist``); the stage's notebook then finds them all

@@ -1,0 +1,101 @@
+"""The papers' full scale: ``params.spec.yaml`` lists, as ``section.key: value``, every setting that
+``params.yaml`` reduces to fit 2 CPU cores. ``python -m repro spec`` runs ``dvc exp run -S section.key=value …``
+with all of them (DVC rewrites params.yaml, keeping its comments, and re-runs the stages; the run cache keeps
+every finished run); ``--print`` shows the runs per section at each scale and the command, and runs nothing."""
+from __future__ import annotations
+
+import copy
+import shlex
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from .models import ConfigError
+
+SPEC_FILE = "params.spec.yaml"
+
+
+def load_spec(path: str | Path = SPEC_FILE) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"spec file {str(p)!r} does not exist")
+    spec = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(spec, dict) or not all(isinstance(k, str) and "." in k for k in spec):
+        raise ConfigError(f"{p}: every entry must be 'section.key: value' (a dotted key, as `dvc exp run -S`)")
+    return spec
+
+
+def apply(params: dict, spec: dict) -> dict:
+    """``params`` (all of params.yaml) with the spec's values set; a key params.yaml lacks is an error
+    (DVC would add it silently, and a typo would leave the reduced value in place)."""
+    out = copy.deepcopy(params)
+    for key, value in spec.items():
+        d = out
+        *head, last = key.split(".")
+        for i, h in enumerate(head):
+            if not isinstance(d, dict) or h not in d:
+                raise ConfigError(f"{SPEC_FILE}: {key!r}: {'.'.join(head[:i + 1])!r} is not in params.yaml")
+            d = d[h]
+        if not isinstance(d, dict) or last not in d:
+            raise ConfigError(f"{SPEC_FILE}: {key!r} is not in params.yaml")
+        d[last] = copy.deepcopy(value)
+    return out
+
+
+def _hydra(v) -> str:
+    """A value in Hydra's override grammar (what ``dvc exp run -S`` parses)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_hydra(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{_hydra(x)}" for k, x in v.items()) + "}"
+    raise ConfigError(f"{SPEC_FILE}: cannot pass {v!r} to dvc -S")
+
+
+def overrides(spec: dict) -> list[str]:
+    """``-S`` values for ``dvc exp run``. Hydra merges a mapping into the one there (``{}`` would change
+    nothing), so a mapping is deleted and added again: ``~k`` then ``+k={…}``."""
+    out = []
+    for k, v in spec.items():
+        out += [f"~{k}", f"+{k}={_hydra(v)}"] if isinstance(v, dict) else [f"{k}={_hydra(v)}"]
+    return out
+
+
+def run_counts(params: dict) -> dict[str, tuple[int, int]]:
+    """Per figure section (every dataset, cached or not): distinct runs, and their epochs in all (a run's
+    epochs as configured: a layer-wise rule trains that many per layer; a diverging run stops early)."""
+    from .figures import SECTIONS, jobs
+    from .train import run_key
+    out = {}
+    for section, P in params.items():
+        if section in SECTIONS and isinstance(P, dict):
+            cfgs = {run_key(j["config"]): j["config"] for j in jobs(section, {**P, "device": "cpu", "workers": 1})}
+            out[section] = (len(cfgs), sum(c["epochs"] for c in cfgs.values()))
+    return out
+
+
+def main(params_file: str = "params.yaml", spec_file: str = SPEC_FILE, print_only: bool = False,
+         dvc_args: list[str] | None = None) -> int:
+    params = yaml.safe_load(Path(params_file).read_text())
+    spec = load_spec(spec_file)
+    full = apply(params, spec)
+    cmd = ["dvc", "exp", "run", *[a for o in overrides(spec) for a in ("-S", o)], *(dvc_args or [])]
+    if print_only:
+        now, then = run_counts(params), run_counts(full)
+        touched = sorted({k.split(".")[0] for k in spec})
+        w = max(map(len, touched))
+        print(f"{'section':<{w}}  {'runs (epochs) now':>20}  {'at spec scale':>20}")
+        for s in touched:
+            (n0, e0), (n1, e1) = now.get(s, (0, 0)), then.get(s, (0, 0))
+            print(f"{s:<{w}}  {f'{n0} ({e0:,})':>20}  {f'{n1} ({e1:,})':>20}")
+        print(shlex.join(cmd))
+        return 0
+    return subprocess.call(cmd)

@@ -1,0 +1,69 @@
+"""params.spec.yaml and ``python -m repro spec``: the papers' full scale as ``dvc exp run -S`` overrides."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from repro import spec as S
+from repro.models import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _params():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_every_spec_entry_is_a_reduced_key_of_params_and_every_section_builds_at_spec_scale():
+    from repro.figures import jobs
+    from repro.train import normalize_config
+    spec = S.load_spec(ROOT / S.SPEC_FILE)
+    params = _params()
+    full = S.apply(params, spec)
+    for key, value in spec.items():
+        here, there = params, full
+        for part in key.split("."):
+            here, there = here[part], there[part]
+        assert there == value
+        assert here != value, f"{key}: params.yaml already has the spec's value; drop it from {S.SPEC_FILE}"
+    for section in {k.split(".")[0] for k in spec}:
+        js = jobs(section, {**full[section], "device": "cpu", "workers": 1})
+        assert js and all(normalize_config(j["config"]) for j in js)
+    assert params == _params()  # apply() copies
+
+
+def test_dvc_applies_the_overrides_exactly_as_validated(tmp_path):
+    """What ``dvc exp run -S …`` writes into params.yaml (DVC's own Hydra code) equals ``apply``: a mapping is
+    replaced, not merged (``~k``, ``+k=…``), lists and nulls arrive as such, and the comments stay."""
+    from dvc.utils.hydra import apply_overrides
+    spec = S.load_spec(ROOT / S.SPEC_FILE)
+    p = tmp_path / "params.yaml"
+    p.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(p, S.overrides(spec))
+    assert yaml.safe_load(p.read_text()) == S.apply(_params(), spec)
+    assert "# paper: 10 seeds" in p.read_text()
+    assert S.overrides({"a.b": {}, "a.c": [1, "x y"], "a.d": None}) == ["~a.b", "+a.b={}", "a.c=[1,'x y']", "a.d=null"]
+
+
+def test_a_key_params_lacks_or_a_flat_entry_is_one_clear_line(tmp_path):
+    with pytest.raises(ConfigError, match="'ftp_table.epoch' is not in params.yaml"):
+        S.apply(_params(), {"ftp_table.epoch": 100})
+    with pytest.raises(ConfigError, match="'nosuch' is not in params.yaml"):
+        S.apply(_params(), {"nosuch.epochs": 100})
+    bad = tmp_path / "s.yaml"
+    bad.write_text("epochs: 100\n")
+    with pytest.raises(ConfigError, match="dotted key"):
+        S.load_spec(bad)
+
+
+def test_cli_prints_the_runs_and_the_command_or_hands_it_to_dvc(capsys, monkeypatch):
+    from repro.__main__ import main
+    assert main(["spec", "--print", "--params", str(ROOT / "params.yaml"), "--spec", str(ROOT / S.SPEC_FILE)]) == 0
+    out = capsys.readouterr().out
+    assert "ftp_quantized" in out and "dvc exp run -S" in out and "'ftp_table.milestones=[60,90]'" in out
+    calls = []
+    monkeypatch.setattr(S.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    assert main(["spec", "--params", str(ROOT / "params.yaml"), "--spec", str(ROOT / S.SPEC_FILE), "--queue"]) == 0
+    assert calls[0][:3] == ["dvc", "exp", "run"] and calls[0][-1] == "--queue" and "f3_vit.n_train=null" in calls[0]
+    with pytest.raises(SystemExit):
+        main(["check", "--queue"])  # other commands still reject unknown arguments
