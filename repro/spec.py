@@ -1,7 +1,8 @@
 """The papers' full scale: ``params.spec.yaml`` lists, as ``section.key: value``, every setting that
 ``params.yaml`` reduces to fit 2 CPU cores. ``python -m repro spec`` runs ``dvc exp run -S section.key=value …``
 with all of them (DVC rewrites params.yaml, keeping its comments, and re-runs the stages; the run cache keeps
-every finished run); ``--print`` shows the runs per section at each scale and the command, and runs nothing."""
+every finished run); ``--print`` shows the runs per section at each scale and the command, and runs nothing;
+``--write FILE`` writes the spec-scale params to FILE for ``python -m repro sweep <section> --params FILE``."""
 from __future__ import annotations
 
 import copy
@@ -83,10 +84,15 @@ def run_counts(params: dict) -> dict[str, tuple[int, int]]:
 
 
 def main(params_file: str = "params.yaml", spec_file: str = SPEC_FILE, print_only: bool = False,
-         dvc_args: list[str] | None = None) -> int:
+         dvc_args: list[str] | None = None, write: str | None = None) -> int:
     params = yaml.safe_load(Path(params_file).read_text())
     spec = load_spec(spec_file)
     full = apply(params, spec)
+    if write:  # a params file at spec scale for `python -m repro sweep <section> --params …` (no DVC)
+        Path(write).write_text(f"# {params_file} at the papers' scale ({spec_file}); written by python -m repro "
+                               f"spec --write\n" + yaml.safe_dump(full, sort_keys=False, allow_unicode=True))
+        print(f"wrote {write}")
+        return 0
     cmd = ["dvc", "exp", "run", *[a for o in overrides(spec) for a in ("-S", o)], *(dvc_args or [])]
     if print_only:
         now, then = run_counts(params), run_counts(full)

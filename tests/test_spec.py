@@ -67,3 +67,13 @@ def test_cli_prints_the_runs_and_the_command_or_hands_it_to_dvc(capsys, monkeypa
     assert calls[0][:3] == ["dvc", "exp", "run"] and calls[0][-1] == "--queue" and "f3_vit.n_train=null" in calls[0]
     with pytest.raises(SystemExit):
         main(["check", "--queue"])  # other commands still reject unknown arguments
+
+
+def test_write_gives_a_params_file_for_sweeps_at_spec_scale(tmp_path):
+    from repro.__main__ import main
+    from repro.figures.common import load_params
+    out = tmp_path / "p.yaml"
+    assert main(["spec", "--params", str(ROOT / "params.yaml"), "--spec", str(ROOT / S.SPEC_FILE),
+                 "--write", str(out)]) == 0
+    assert yaml.safe_load(out.read_text()) == S.apply(_params(), S.load_spec(ROOT / S.SPEC_FILE))
+    assert load_params("ftp_quantized", out)["levels"] == ["weights", "weights+activations", "full"]
