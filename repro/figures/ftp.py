@@ -184,7 +184,7 @@ def _val_gamma(val: pd.DataFrame, long: pd.DataFrame, P: dict) -> dict:
     bp = measured(long[long.method == "BP"]).final_test_acc
     out: dict = {"val_gamma": {}}
     for label, key in READINGS:
-        rows = val[val.method == label]
+        rows = measured(val[val.method == label])
         if not len(rows):
             continue
         by_gamma = dict(list(rows.groupby("gamma")))
