@@ -387,6 +387,51 @@ def test_signal_ablation_runs_stay_out_of_the_sweep_metrics():
     assert F.ablation_norm_metrics(norms) == {"w": {"m": {"6": {"W2": 5.0}}}}
 
 
+def test_stable_gamma_runs_the_ftp_readings_again_and_is_checked_against_the_sweeps_bp():
+    """``stable_gamma``: the FTP readings (only) at another γ on the same grid, labelled by part; the 32-bit
+    τ₁ runs are the table's γ-sweep runs (same key: shared); their numbers and checks stay out of the sweep's
+    (whose claims are at the spec's γ) and are measured against the sweep's BP (BP has no γ)."""
+    import pandas as pd
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    from repro.train import run_key
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    P = {**load_params("ftp_quantized", root / "params.yaml"), "seeds": [1, 2], "bits": [32, 4],
+         "levels": ["full"], "signal_ablation": None, "stable_gamma": 0.05}
+    jobs = F.quantized_jobs(P, "mnist")
+    st = [j for j in jobs if j["part"] == "stable_gamma"]
+    assert sorted((j["method"], j["bits"], j["seed"]) for j in st) == sorted(
+        (m, b, s) for m in ("FTP", F.FTP_OS) for b in (32, 4) for s in (1, 2))
+    assert {j["config"]["rule"]["gamma"] for j in st} == {0.05} and {j["gamma"] for j in st} == {0.05}
+    assert {j["config"]["rule"]["gamma"] for j in jobs if j["part"] == "sweep" and j["method"] == "FTP"} == {0.2}
+    same = [{k: v for k, v in j.items() if k not in ("gamma", "part")} for j in st]
+    assert same == [{k: v for k, v in j.items() if k not in ("gamma", "part")} for j in
+                    F.quantized_jobs({**P, "gamma": 0.05, "stable_gamma": None, "methods": ["FTP", F.FTP_OS]}, "mnist")]
+    T = load_params("ftp_table", root / "params.yaml")
+    sweep = {run_key(j["config"]) for j in F.table_jobs(T, "mnist") if j["gamma"] == 0.05 and j["part"] == "table"}
+    assert {run_key(j["config"]) for j in st if j["bits"] == 32 and j["method"] == "FTP"} <= sweep
+    assert len(F.quantized_jobs({**P, "stable_gamma": None}, "mnist")) == len(jobs) - len(st)
+    for bad in (0, -0.1, "0.05", True):
+        with pytest.raises(ConfigError, match=r"ftp_quantized\.stable_gamma=.* must be a number > 0, or null"):
+            F.quantized_jobs({**P, "stable_gamma": bad}, "mnist")
+
+    def row(m, bits, acc, part="sweep"):
+        return {"part": part, "method": m, "level": "full", "bits": bits, "seed": 1, "status": "ok",
+                "final_test_acc": acc, "gamma": 0.05 if part == "stable_gamma" else None}
+    rows = [row("BP", 32, 98.0), row("BP", 4, 80.0), row("FTP", 32, 10.0), row("FTP", 4, 10.0),
+            row("FTP", 32, 97.0, "stable_gamma"), row("FTP", 4, 90.0, "stable_gamma"),
+            row(F.FTP_OS, 32, 97.5, "stable_gamma"), row(F.FTP_OS, 4, 70.0, "stable_gamma")]
+    q = F.quantized_metrics(pd.DataFrame(rows))
+    assert q["final_test_acc"] == {"full": {"BP": {"32": 98.0, "4": 80.0}, "FTP": {"32": 10.0, "4": 10.0}}}
+    assert q["ftp_degrades_less_than_bp_le4"] is False and "ftp_os_degrades_less_than_bp_le4" not in q
+    s = q["stable_gamma"]
+    assert s["gamma"] == 0.05 and s["seeds"] == [1] and s["final_test_acc"]["full"]["FTP"] == {"32": 97.0, "4": 90.0}
+    assert s["ftp_drops_le4_bits"] == {"4": {"FTP": 7.0, "BP": 18.0}} and s["ftp_degrades_less_than_bp_le4"] is True
+    assert s["ftp_os_degrades_less_than_bp_le4"] is False and s["ftp_fp32_within_2_of_bp"] is True
+    assert "BP" not in s["final_test_acc"]["full"]
+
+
 def test_paper_length_rows_are_the_table_rows_at_other_epochs_and_stay_out_of_the_table():
     """``paper_length`` trains the FC rows again with other epochs/milestones: same configs otherwise (so a later
     full-length table reuses them), labelled by part, kept out of the 10-epoch means and checked on their own."""

@@ -353,14 +353,20 @@ def quantized_jobs(P: dict, dataset: str) -> list[dict]:
         if bad:
             raise ConfigError(f"ftp_quantized.{name}: {bad} unknown; allowed: {', '.join(LEVELS)}")
 
-    def grid(part, seeds, levels, bits, methods, keep=lambda m, seed: True):
-        return [_fc_job(P, dataset, m, seed, bits=b, level=level, part=part,
+    def grid(part, seeds, levels, bits, methods, keep=lambda m, seed: True, Q=P, **meta):
+        return [_fc_job(Q, dataset, m, seed, bits=b, level=level, part=part, **meta,
                         hardware={"bits": b, **LEVELS[level], "weight_rounding": P["weight_rounding"]}
                         if b < 32 else None)
                 for seed in seeds for level in levels for b in bits for m in methods if keep(m, seed)]
     # the sweep's context methods (PEPITA, DRTP) may run fewer seeds (seeds_by_method; cost)
     jobs = grid("sweep", P["seeds"], P["levels"], P["bits"], P["methods"],
                 seed_filter(P, "ftp_quantized", P["methods"]))
+    g = P.get("stable_gamma")
+    if g is not None:  # the FTP readings again at a γ at which they train in float (labelled; BP has no γ)
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 0:
+            raise ConfigError(f"ftp_quantized.stable_gamma={g!r} must be a number > 0, or null (off)")
+        ftp = [m for m in P["methods"] if m in dict(READINGS)]
+        jobs += grid("stable_gamma", P["seeds"], P["levels"], P["bits"], ftp, Q={**P, "gamma": g}, gamma=float(g))
     if A:
         jobs += grid("signal_ablation", A.get("seeds", P["seeds"]), A["levels"], A["bits"], A["methods"])
     return jobs
@@ -381,31 +387,53 @@ def quantized_stats(fin: pd.DataFrame, part: str = "sweep") -> pd.DataFrame:
                          for (lvl, m, b), g in measured(part_of(fin, part)).groupby(["level", "method", "bits"])])
 
 
-def quantized_metrics(fin: pd.DataFrame) -> dict:
-    """Mean (and sd over seeds) final accuracy per level, method and bit width (``quantized_stats``); the
-    claims' check on the ``full`` level: at every bit width ≤ 4, each FTP reading's drop from its own
-    32-bit accuracy is smaller than BP's. A reading whose 32-bit run did not learn (below
-    ``TRAINED_MIN_ACC``) fails the check: it cannot "keep" an accuracy it never had."""
-    ablation = quantized_stats(fin, "signal_ablation")
-    fin = part_of(fin)
+def _robustness(full: dict, bp: dict) -> dict:
+    """The claims' checks on one level's mean accuracies (``{method: {bits: mean}}``) against BP's
+    (``{bits: mean}``): per FTP reading, 32 bits within 2 points of BP, and at every bit width ≤ 4 a smaller
+    drop from its own 32-bit accuracy than BP's. A reading whose 32-bit run did not learn (below
+    ``TRAINED_MIN_ACC``) fails the second: it cannot "keep" an accuracy it never had."""
+    out: dict = {}
+    for m, key in READINGS:
+        if m not in full or "32" not in full[m] or "32" not in bp:
+            continue
+        out[f"{key}_fp32_within_2_of_bp"] = bool(bp["32"] - full[m]["32"] <= 2.0)
+        low = [b for b in full[m] if int(b) <= 4 and b in bp]
+        if low:  # drop from each method's own 32-bit accuracy, at every bit width ≤ 4
+            drops = {b: (full[m]["32"] - full[m][b], bp["32"] - bp[b]) for b in low}
+            out[f"{key}_drops_le4_bits"] = {b: {m: f, "BP": bp_drop} for b, (f, bp_drop) in drops.items()}
+            out[f"{key}_degrades_less_than_bp_le4"] = bool(full[m]["32"] >= TRAINED_MIN_ACC
+                                                           and all(f < bp_drop for f, bp_drop in drops.values()))
+    return out
+
+
+def _means(stats: pd.DataFrame) -> tuple[dict, dict]:
+    """``quantized_stats`` as ``{level: {method: {bits: mean}}}`` and the same for the sd."""
     acc: dict = {}
     sd: dict = {}
-    for r in quantized_stats(fin).itertuples():
+    for r in stats.itertuples():
         acc.setdefault(r.level, {}).setdefault(r.method, {})[str(r.bits)] = r.mean
         sd.setdefault(r.level, {}).setdefault(r.method, {})[str(r.bits)] = r.std
+    return acc, sd
+
+
+def quantized_metrics(fin: pd.DataFrame) -> dict:
+    """Mean (and sd over seeds) final accuracy per level, method and bit width (``quantized_stats``) and the
+    claims' checks on the ``full`` level (:func:`_robustness`). The ``stable_gamma`` part (the FTP readings
+    at another γ) gets the same numbers and checks under ``stable_gamma``, against the sweep's BP runs."""
+    ablation = quantized_stats(fin, "signal_ablation")
+    stable = part_of(fin, "stable_gamma")
+    fin = part_of(fin)
+    acc, sd = _means(quantized_stats(fin))
     out = {"final_test_acc": acc, "final_test_acc_sd": sd, "seeds": sorted(int(s) for s in set(fin.seed)),
            "diverged": {lvl: _diverged(d) for lvl, d in fin.groupby("level")}}
     full = acc.get("full", {})
-    for m, key in READINGS:
-        if m not in full or "BP" not in full or "32" not in full[m] or "32" not in full["BP"]:
-            continue
-        out[f"{key}_fp32_within_2_of_bp"] = bool(full["BP"]["32"] - full[m]["32"] <= 2.0)
-        low = [b for b in full[m] if int(b) <= 4 and b in full["BP"]]
-        if low:  # drop from each method's own 32-bit accuracy, at every bit width ≤ 4
-            drops = {b: (full[m]["32"] - full[m][b], full["BP"]["32"] - full["BP"][b]) for b in low}
-            out[f"{key}_drops_le4_bits"] = {b: {m: f, "BP": bp} for b, (f, bp) in drops.items()}
-            out[f"{key}_degrades_less_than_bp_le4"] = bool(full[m]["32"] >= TRAINED_MIN_ACC
-                                                           and all(f < bp for f, bp in drops.values()))
+    out.update(_robustness(full, full.get("BP", {})))
+    if len(stable):
+        s_acc, s_sd = _means(quantized_stats(stable, "stable_gamma"))
+        out["stable_gamma"] = {"gamma": float(stable.gamma.iloc[0]), "final_test_acc": s_acc,
+                               "final_test_acc_sd": s_sd, "seeds": sorted(int(s) for s in set(stable.seed)),
+                               "diverged": {lvl: _diverged(d) for lvl, d in stable.groupby("level")},
+                               **_robustness(s_acc.get("full", {}), full.get("BP", {}))}
     if len(ablation):  # level → method → bits → {mean, std, min, max, n}
         out["signal_ablation"] = {}
         for r in ablation.itertuples():
@@ -475,7 +503,8 @@ def update_sparsity(P: dict, dataset: str, steps: int = 20, level: str = "full")
     rounding), over the first ``steps`` training steps of each quantised run (seed ``P.seeds[0]``),
     started exactly as the run starts (``train.build``). No training beyond those steps: a diagnostic of
     the mechanism behind a BP-vs-FTP gap, cheap enough for every bit width."""
-    jobs = quantized_jobs({**P, "seeds": P["seeds"][:1], "levels": [level], "signal_ablation": None}, dataset)
+    jobs = quantized_jobs({**P, "seeds": P["seeds"][:1], "levels": [level], "signal_ablation": None,
+                           "stable_gamma": None}, dataset)
     dev = resolve_device(P["device"])
     data = load_data(normalize_config(jobs[0]["config"]), dev)
     rows = []
@@ -550,6 +579,9 @@ def plot_sparsity(sp: pd.DataFrame, dataset: str, steps: int):
 
 def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     d = measured(part_of(fin))
+    stable = measured(part_of(fin, "stable_gamma"))
+    if len(stable):  # the FTP readings at the stable γ, as methods of their own (labelled with their γ)
+        d = pd.concat([d, stable.assign(method=[f"{m}, γ {g:g}" for m, g in zip(stable.method, stable.gamma)])])
     order = list(dict.fromkeys(d.method))
     # band = min–max over seeds, dots = the seeds: a method that blows up in some seeds only is bimodal, and a
     # ± sd band would reach past 0 and 100 %
@@ -565,7 +597,7 @@ def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.invert_xaxis()
     g.set_axis_labels("bits (32 = float)", "final test accuracy (%)")
-    ctx = [m for m in order if m != "BP" and m not in dict(READINGS)]  # PEPITA, DRTP: not in the claims
+    ctx = [m for m in order if m in ("PEPITA", "DRTP")]  # not in the claims
     g.figure.suptitle(f"FTP vs BP{' (' + ', '.join(ctx) + ': context)' if ctx else ''} under quantisation, {dataset}\n"
                       "line: mean over seeds; band: min–max; dots: seeds; × = diverged"
                       + (f"\n{budget(P)}" if P else ""), y=1.08 if P is None else 1.13, fontsize=10)
