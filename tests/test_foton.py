@@ -300,7 +300,37 @@ def test_lr_sweep_jobs_share_the_tables_runs_and_change_only_the_lr():
         t = next(t for t in table if t["method"] == j["method"])
         c = copy.deepcopy(j["config"]); c["optim"]["lr"] = t["config"]["optim"]["lr"]
         assert c == t["config"]
-    assert len(ff.shallow_jobs({**P, "lr_sweep": None}, "mnist")) == len(table)
+    assert len(ff.shallow_jobs({**P, "lr_sweep": None, "exact_bjorck": None}, "mnist")) == len(table)
+
+
+def test_exact_bjorck_reruns_the_tables_foton_with_every_iteration():
+    """``exact_bjorck``: the table's FOTON runs of one reading and seeds again with Björck's tolerance removed
+    (the rule's default 0: every iteration, as the authors' code) — nothing else differs; it stays out of the
+    table's numbers and is reported beside the same seeds' table runs; a bad reading is named."""
+    import pandas as pd
+    from repro.figures import foton as ff
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    from repro.rules import make_rule
+    P = {**load_params("foton_shallow", "params.smoke.yaml"), "lr_sweep": None, "seeds": [1, 2],
+         "seeds_by_method": {}, "exact_bjorck": {"reading": "2x256", "seeds": [2]}}
+    jobs = ff.shallow_jobs(P, "mnist")
+    ex = [j for j in jobs if j["part"] == "exact_bjorck"]
+    assert [(j["method"], j["seed"]) for j in ex] == [(f"{ff.EXACT_BJORCK} 2x256", 2)]
+    t = next(j for j in jobs if j["part"] == "table" and j["method"] == "FOTON 2x256" and j["seed"] == 2)
+    assert t["config"]["rule"]["bjorck_tol"] == P["bjorck_tol"] > 0 and "bjorck_tol" not in ex[0]["config"]["rule"]
+    assert {**ex[0]["config"], "rule": None} == {**t["config"], "rule": None}
+    assert make_rule(ex[0]["config"]["rule"]).params["bjorck_tol"] == 0  # every bjorck_iters
+    with pytest.raises(ConfigError, match=r"foton_shallow\.exact_bjorck\.reading: '3x3' is not one of readings"):
+        ff.shallow_jobs({**P, "exact_bjorck": {"reading": "3x3"}}, "mnist")
+    rows = [{"part": j["part"], "reading": j["reading"], "method": j["method"], "seed": j["seed"], "lr": j["lr"],
+             "status": "ok", "final_test_acc": 90.0 + j["seed"] + (j["part"] == "exact_bjorck"),
+             "best_test_acc": 95.0} for j in jobs]
+    m = ff.shallow_metrics(pd.DataFrame(rows))
+    e = m["exact_bjorck"]
+    assert e["reading"] == "2x256" and e["seeds"] == [2] and e["final_test_acc"]["mean"] == 93.0
+    assert e["tolerance_runs"]["final_test_acc"]["mean"] == 92.0 and e["tolerance_runs"]["final_test_acc"]["n"] == 1
+    assert f"{ff.EXACT_BJORCK} 2x256" not in m["final_test_acc"] and m["final_test_acc"]["FOTON 2x256"]["n"] == 2
 
 
 def test_lr_sweep_may_be_a_list_of_grids():

@@ -264,7 +264,33 @@ def shallow_jobs(P: dict, dataset: str) -> list[dict]:
                        "rule": rule, "optim": optim, "epochs": P["epochs"], "batch_size": bs, "seed": seed}
                 jobs.append({"dataset": dataset, "reading": reading, "method": label, "seed": seed,
                              "lr": optim["lr"], "part": "table", "config": cfg})
-    return jobs + _lr_sweep_jobs(P, jobs)
+    return jobs + _lr_sweep_jobs(P, jobs) + _exact_bjorck_jobs(P, jobs)
+
+
+EXACT_BJORCK = "FOTON (Björck: all iterations)"
+
+
+def _exact_bjorck_jobs(P: dict, table: list[dict]) -> list[dict]:
+    """``exact_bjorck`` (optional, ``{reading, seeds}``): the table's FOTON runs of that reading again with
+    Björck's full ``bjorck_iters`` every step (``bjorck_tol`` 0, the authors' code) instead of stopping at the
+    tolerance — whether the early stop (≈ 4 of 20 iterations; README) changes FOTON's accuracy. Part
+    ``exact_bjorck``; nothing else differs from the table's run."""
+    E = P.get("exact_bjorck")
+    if not E:
+        return []
+    if E.get("reading") not in P["readings"]:
+        raise ConfigError(f"foton_shallow.exact_bjorck.reading: {E.get('reading')!r} is not one of readings "
+                          f"({', '.join(P['readings'])})")
+    if "FOTON" not in P["methods"]:
+        raise ConfigError("foton_shallow.exact_bjorck needs FOTON in foton_shallow.methods")
+    jobs = []
+    for j in table:
+        if j["reading"] == E["reading"] and j["method"].split(" ")[0] == "FOTON" and j["seed"] in E.get("seeds", P["seeds"]):
+            cfg = copy.deepcopy(j["config"])
+            cfg["rule"].pop("bjorck_tol", None)  # the rule's default 0: always bjorck_iters
+            label = EXACT_BJORCK if E["reading"] == P["primary"] else f"{EXACT_BJORCK} {E['reading']}"
+            jobs.append({**j, "method": label, "part": "exact_bjorck", "config": cfg})
+    return jobs
 
 
 def lr_grids(P: dict) -> list[dict]:
@@ -323,6 +349,16 @@ def shallow_metrics(fin: pd.DataFrame) -> dict:
     for m, g in ok.groupby("method"):
         out["final_test_acc"][m] = agg(g.final_test_acc)
         out["best_test_acc"][m] = agg(g.best_test_acc)
+    ex = fin[fin.part == "exact_bjorck"] if "part" in fin else fin.iloc[0:0]
+    if len(ex):  # Björck with every iteration vs the table's runs of the same reading and seeds (tolerance)
+        ex_m = measured(ex)
+        same = measured(tab[(tab.reading == ex.reading.iloc[0]) & (tab.method.str.split(" ").str[0] == "FOTON")
+                            & tab.seed.isin(set(ex.seed))])
+        out["exact_bjorck"] = {"reading": str(ex.reading.iloc[0]), "seeds": sorted(int(s) for s in set(ex.seed)),
+                               "diverged": int((ex.status != "ok").sum()),
+                               "final_test_acc": agg(ex_m.final_test_acc), "best_test_acc": agg(ex_m.best_test_acc),
+                               "tolerance_runs": {"final_test_acc": agg(same.final_test_acc),
+                                                  "best_test_acc": agg(same.best_test_acc)}}
     sw = lr_sweep_frame(fin)
     if len(sw):  # per method and lr: final / best test accuracy (diverged runs at their measured value)
         out["lr_sweep"] = {m: {f"{lr:g}": {"final": agg(g.final_test_acc), "best": agg(g.best_test_acc),
@@ -398,7 +434,7 @@ REPORTED_SHALLOW = {"mnist": 98.32, "cifar10": 55.70, "cifar100": 28.48}
 
 def plot_shallow(hist: pd.DataFrame, dataset: str, P: dict | None = None):
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    h = hist[(hist.epoch >= 1) & ((hist.part == "table") if "part" in hist else True)]
+    h = hist[(hist.epoch >= 1) & (hist.part.isin(["table", "exact_bjorck"]) if "part" in hist else True)]
     sns.lineplot(h, x="epoch", y="test_acc", hue="method", errorbar=("pi", 100), ax=ax)
     if dataset in REPORTED_SHALLOW:
         ax.axhline(REPORTED_SHALLOW[dataset], color="gold", ls="--", lw=1.2, label="paper: FOTON 2-layer")
