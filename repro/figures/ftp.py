@@ -600,7 +600,7 @@ def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     ctx = [m for m in order if m in ("PEPITA", "DRTP")]  # not in the claims
     g.figure.suptitle(f"FTP vs BP{' (' + ', '.join(ctx) + ': context)' if ctx else ''} under quantisation, {dataset}\n"
                       "line: mean over seeds; band: min–max; dots: seeds; × = diverged"
-                      + (f"\nFTP at the spec's γ {P['gamma']:g} unless labelled (γ {P['stable_gamma']:g}: ours)"
+                      + (f"\nFTP at the spec's γ {P['gamma']:g} unless labelled (γ {stable.gamma.iloc[0]:g}: ours)"
                          if P and len(stable) else "")
                       + (f"\n{budget(P)}" if P else ""), y=1.08 if P is None else 1.13 + 0.04 * bool(len(stable)),
                       fontsize=10)
@@ -669,11 +669,11 @@ def plot_noise(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     d = measured(fin)
     kinds = [k for k in NOISE_KINDS if k in set(d.kind)]
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.8 * len(kinds), 3.4), squeeze=False)
+    order = list(dict.fromkeys(d.method))
     for ax, kind in zip(axes[0], kinds):
         sub = d[d.kind == kind]
         # band = min–max over seeds, dots = the seeds (as the quantisation figure): seeds that split between
         # chance and ≈ 93 % would give a ± sd band past 0 and 100 %
-        order = list(dict.fromkeys(d.method))
         sns.lineplot(sub, x="value", y="final_test_acc", hue="method", hue_order=order, marker="o",
                      errorbar=("pi", 100), ax=ax, legend=ax is axes[0][0])
         sns.scatterplot(sub, x="value", y="final_test_acc", hue="method", hue_order=order, s=16, alpha=0.6,
