@@ -180,7 +180,7 @@ def test_noise_jobs_share_the_clean_run_and_reject_unknown_kinds():
     from repro.models import ConfigError
     from repro.train import run_key
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
-    P = load_params("ftp_noise", root / "params.smoke.yaml")
+    P = {**load_params("ftp_noise", root / "params.smoke.yaml"), "stable_gamma": None}  # its part: own test
     jobs = F.noise_jobs(P, "mnist")
     clean = [j for j in jobs if j["value"] in (0.0, 32)]
     assert clean and all("hardware" not in j["config"] for j in clean)
@@ -290,6 +290,43 @@ def test_noise_robustness_is_judged_where_a_method_still_learns():
     # every noisy setting at chance for both → robustness not shown
     m = F.noise_metrics(fin([("BP", 0.0, 98.0), ("BP", 0.1, 9.8), (os_, 0.0, 97.0), (os_, 0.1, 9.8)]))
     assert m["compared_at"]["write_noise"][os_] is None and m["ftp_os_more_robust_write_noise"] is False
+
+
+def test_noise_stable_gamma_reruns_the_ftp_readings_and_is_judged_against_the_sweeps_bp():
+    """``ftp_noise.stable_gamma``: the FTP readings again on every non-ideality at another γ (part
+    ``stable_gamma``; the clean runs are the quantisation sweep's γ runs: same key); their checks use the
+    sweep's BP and stay out of the sweep's numbers; a bad value is named."""
+    import pandas as pd
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    from repro.train import run_key
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    N = {**load_params("ftp_noise", root / "params.yaml"), "seeds": [1], "stable_gamma": 0.05}
+    jobs = F.noise_jobs(N, "mnist")
+    st = [j for j in jobs if j["part"] == "stable_gamma"]
+    per_seed = sum(len(v) for v in N["noise"].values())
+    assert len(st) == 2 * per_seed and {j["method"] for j in st} == {"FTP", F.FTP_OS}
+    assert {j["config"]["rule"]["gamma"] for j in st} == {0.05} and {j["gamma"] for j in st} == {0.05}
+    assert len(jobs) - len(st) == len(F.noise_jobs({**N, "stable_gamma": None}, "mnist"))
+    Q = {**load_params("ftp_quantized", root / "params.yaml"), "seeds": [1], "stable_gamma": 0.05}
+    q32 = {run_key(j["config"]) for j in F.quantized_jobs(Q, "mnist") if j["part"] == "stable_gamma" and j["bits"] == 32}
+    assert {run_key(j["config"]) for j in st if "hardware" not in j["config"]} == q32  # one clean run per reading
+    with pytest.raises(ConfigError, match=r"ftp_noise\.stable_gamma=-1 must be a number > 0, or null"):
+        F.noise_jobs({**N, "stable_gamma": -1}, "mnist")
+
+    def row(m, v, a, part="sweep"):
+        return {"part": part, "kind": "write_noise", "method": m, "value": v, "seed": 1, "status": "ok",
+                "final_test_acc": a, "gamma": 0.05 if part == "stable_gamma" else None}
+    fin = pd.DataFrame([row("BP", 0.0, 98.0), row("BP", 0.02, 20.0), row("FTP", 0.0, 10.0), row("FTP", 0.02, 10.0),
+                        row("FTP", 0.0, 95.0, "stable_gamma"), row("FTP", 0.02, 80.0, "stable_gamma")])
+    m = F.noise_metrics(fin)
+    assert m["final_test_acc"]["write_noise"]["FTP"] == {"0": 10.0, "0.02": 10.0}
+    assert m["ftp_more_robust_write_noise"] is False  # γ 0.2: it never learned
+    s = m["stable_gamma"]
+    assert s["gamma"] == 0.05 and s["seeds"] == [1] and s["final_test_acc"] == {"write_noise": {"FTP": {"0": 95.0, "0.02": 80.0}}}
+    assert s["compared_at"]["write_noise"]["FTP"] == 0.02 and s["ftp_more_robust_write_noise"] is True  # 15 < 78
+    assert s["drop_at_harshest"]["write_noise"]["BP"] == 78.0 and s["diverged"] == {"write_noise": 0}
 
 
 @pytest.mark.parametrize("kinds", [[], ["correction"], ["targets"], ["errors"], True])

@@ -361,12 +361,10 @@ def quantized_jobs(P: dict, dataset: str) -> list[dict]:
     # the sweep's context methods (PEPITA, DRTP) may run fewer seeds (seeds_by_method; cost)
     jobs = grid("sweep", P["seeds"], P["levels"], P["bits"], P["methods"],
                 seed_filter(P, "ftp_quantized", P["methods"]))
-    g = P.get("stable_gamma")
+    g = _stable_gamma(P, "ftp_quantized")
     if g is not None:  # the FTP readings again at a γ at which they train in float (labelled; BP has no γ)
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 0:
-            raise ConfigError(f"ftp_quantized.stable_gamma={g!r} must be a number > 0, or null (off)")
         ftp = [m for m in P["methods"] if m in dict(READINGS)]
-        jobs += grid("stable_gamma", P["seeds"], P["levels"], P["bits"], ftp, Q={**P, "gamma": g}, gamma=float(g))
+        jobs += grid("stable_gamma", P["seeds"], P["levels"], P["bits"], ftp, Q={**P, "gamma": g}, gamma=g)
     if A:
         jobs += grid("signal_ablation", A.get("seeds", P["seeds"]), A["levels"], A["bits"], A["methods"])
     return jobs
@@ -617,14 +615,31 @@ NOISE_KINDS = {
 }
 
 
+def _stable_gamma(P: dict, section: str) -> float | None:
+    """``<section>.stable_gamma``: a γ at which the FTP readings train in float (our labelled addition; the
+    spec's γ 0.2 does not train τ₁), or None (off)."""
+    g = P.get("stable_gamma")
+    if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 0):
+        raise ConfigError(f"{section}.stable_gamma={g!r} must be a number > 0, or null (off)")
+    return None if g is None else float(g)
+
+
 def noise_jobs(P: dict, dataset: str) -> list[dict]:
-    """Each kind of ``P['noise']`` swept over its values for every method (FC net, PEPITA's training)."""
+    """Each kind of ``P['noise']`` swept over its values for every method (FC net, PEPITA's training), part
+    ``sweep``; with ``stable_gamma`` the FTP readings again at that γ (part ``stable_gamma``)."""
     bad = set(P["noise"]) - set(NOISE_KINDS)
     if bad:
         raise ConfigError(f"ftp_noise.noise: unknown kind(s) {sorted(bad)}; allowed: {sorted(NOISE_KINDS)}")
-    return [_fc_job(P, dataset, m, seed, kind=kind, value=v,
-                    hardware=NOISE_KINDS[kind][1](v) if v != NOISE_KINDS[kind][2] else None)
-            for seed in P["seeds"] for kind, values in P["noise"].items() for v in values for m in P["methods"]]
+
+    def grid(Q, methods, part, **meta):
+        return [_fc_job(Q, dataset, m, seed, kind=kind, value=v, part=part, **meta,
+                        hardware=NOISE_KINDS[kind][1](v) if v != NOISE_KINDS[kind][2] else None)
+                for seed in P["seeds"] for kind, values in P["noise"].items() for v in values for m in methods]
+    jobs = grid(P, P["methods"], "sweep")
+    g = _stable_gamma(P, "ftp_noise")
+    if g is not None:
+        jobs += grid({**P, "gamma": g}, [m for m in P["methods"] if m in dict(READINGS)], "stable_gamma", gamma=g)
+    return jobs
 
 
 def run_noise(P: dict, dataset: str, results: str = "results"):
@@ -638,7 +653,24 @@ def noise_metrics(fin: pd.DataFrame) -> dict:
     The comparison is made at the harshest setting at which BP or that FTP reading still learns
     (≥ ``TRAINED_MIN_ACC``): where both sit at chance, the drops compare the clean accuracies, not
     robustness (FTP's lower clean accuracy would "drop less"). If no noisy setting qualifies the claim
-    fails (robustness not shown), as does a reading that never learned clean."""
+    fails (robustness not shown), as does a reading that never learned clean.
+
+    The ``stable_gamma`` part (the FTP readings at another γ) gets the same numbers and checks under
+    ``stable_gamma``, against the sweep's BP runs (BP has no γ)."""
+    stable = part_of(fin, "stable_gamma")
+    fin = part_of(fin)
+    out = _noise_checks(fin)
+    if len(stable):
+        s = _noise_checks(pd.concat([fin[fin.method == "BP"], stable], ignore_index=True))
+        s["final_test_acc"] = {k: {m: v for m, v in per.items() if m != "BP"} for k, per in s["final_test_acc"].items()}
+        s["diverged"] = {k: int((d.status != "ok").sum()) for k, d in stable.groupby("kind")}
+        out["stable_gamma"] = {"gamma": float(stable.gamma.iloc[0]),
+                               "seeds": sorted(int(x) for x in set(stable.seed)), **s}
+    return out
+
+
+def _noise_checks(fin: pd.DataFrame) -> dict:
+    """:func:`noise_metrics` on one set of runs (one row per kind, method, value and seed)."""
     ok, f = measured(fin), (lambda v: f"{float(v):g}")  # 32 and 32.0 alike; diverged at measured accuracy
     acc = {k: {m: {f(v): float(g[g.value == v].final_test_acc.mean()) for v in sorted(set(g.value))}
                for m, g in d.groupby("method")} for k, d in ok.groupby("kind")}
@@ -666,7 +698,10 @@ def noise_metrics(fin: pd.DataFrame) -> dict:
 
 
 def plot_noise(fin: pd.DataFrame, dataset: str, P: dict | None = None):
-    d = measured(fin)
+    d = measured(part_of(fin))
+    stable = measured(part_of(fin, "stable_gamma"))
+    if len(stable):  # the FTP readings at the stable γ, as methods of their own (labelled with their γ)
+        d = pd.concat([d, stable.assign(method=[f"{m}, γ {g:g}" for m, g in zip(stable.method, stable.gamma)])])
     kinds = [k for k in NOISE_KINDS if k in set(d.kind)]
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.8 * len(kinds), 3.4), squeeze=False)
     order = list(dict.fromkeys(d.method))
@@ -689,7 +724,9 @@ def plot_noise(fin: pd.DataFrame, dataset: str, P: dict | None = None):
         ax.set_ylabel("final test accuracy (%)" if ax is axes[0][0] else "")
     fig.suptitle(f"FTP vs BP under analog non-idealities, {dataset}\n"
                  "line: mean over seeds; band: min–max; dots: seeds; × = diverged"
-                 + (f"\n{budget(P)}" if P else ""), y=1.02 if P is None else 1.1)
+                 + (f"\nFTP at the spec's γ {P['gamma']:g} unless labelled (γ {stable.gamma.iloc[0]:g}: ours)"
+                    if P and len(stable) else "")
+                 + (f"\n{budget(P)}" if P else ""), y=1.02 if P is None else 1.1 + 0.04 * bool(len(stable)))
     fig.tight_layout()
     return fig
 
