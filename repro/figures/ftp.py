@@ -341,6 +341,26 @@ LEVELS = {"weights": {"weights": True},
              for k in SIGNAL_KINDS}}
 
 
+def _stable_gamma(P: dict, section: str) -> float | None:
+    """``<section>.stable_gamma``: a γ at which the FTP readings train in float (our labelled addition; the
+    spec's γ 0.2 does not train τ₁), or None (off)."""
+    g = P.get("stable_gamma")
+    if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 0):
+        raise ConfigError(f"{section}.stable_gamma={g!r} must be a number > 0, or null (off)")
+    return None if g is None else float(g)
+
+
+def _with_stable(fin: pd.DataFrame, P: dict | None) -> tuple[pd.DataFrame, str]:
+    """A figure's measured ``sweep`` rows plus its ``stable_gamma`` rows as methods of their own (labelled with
+    their γ), and the title line that says so (empty without them)."""
+    d = measured(part_of(fin))
+    stable = measured(part_of(fin, "stable_gamma"))
+    if not len(stable):
+        return d, ""
+    d = pd.concat([d, stable.assign(method=[f"{m}, γ {g:g}" for m, g in zip(stable.method, stable.gamma)])])
+    return d, (f"\nFTP at the spec's γ {P['gamma']:g} unless labelled (γ {stable.gamma.iloc[0]:g}: ours)" if P else "")
+
+
 def quantized_jobs(P: dict, dataset: str) -> list[dict]:
     """ftp.md §3.2 protocol: the same nets and training for every method; bit widths swept; three
     ablation levels (weights; + activations; + learning signals); 32 bits = float for all levels.
@@ -576,10 +596,7 @@ def plot_sparsity(sp: pd.DataFrame, dataset: str, steps: int):
 
 
 def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
-    d = measured(part_of(fin))
-    stable = measured(part_of(fin, "stable_gamma"))
-    if len(stable):  # the FTP readings at the stable γ, as methods of their own (labelled with their γ)
-        d = pd.concat([d, stable.assign(method=[f"{m}, γ {g:g}" for m, g in zip(stable.method, stable.gamma)])])
+    d, gamma_line = _with_stable(fin, P)
     order = list(dict.fromkeys(d.method))
     # band = min–max over seeds, dots = the seeds: a method that blows up in some seeds only is bimodal, and a
     # ± sd band would reach past 0 and 100 %
@@ -598,9 +615,8 @@ def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     ctx = [m for m in order if m in ("PEPITA", "DRTP")]  # not in the claims
     g.figure.suptitle(f"FTP vs BP{' (' + ', '.join(ctx) + ': context)' if ctx else ''} under quantisation, {dataset}\n"
                       "line: mean over seeds; band: min–max; dots: seeds; × = diverged"
-                      + (f"\nFTP at the spec's γ {P['gamma']:g} unless labelled (γ {stable.gamma.iloc[0]:g}: ours)"
-                         if P and len(stable) else "")
-                      + (f"\n{budget(P)}" if P else ""), y=1.08 if P is None else 1.13 + 0.04 * bool(len(stable)),
+                      + gamma_line + (f"\n{budget(P)}" if P else ""),
+                      y=1.08 if P is None else 1.13 + 0.04 * bool(gamma_line),
                       fontsize=10)
     return g.figure
 
@@ -613,15 +629,6 @@ NOISE_KINDS = {
     "conductance_bits": ("H4 conductance bits (weights)",
                          lambda v: {"bits": v, "weights": True, "weight_rounding": "nearest"}, 32),
 }
-
-
-def _stable_gamma(P: dict, section: str) -> float | None:
-    """``<section>.stable_gamma``: a γ at which the FTP readings train in float (our labelled addition; the
-    spec's γ 0.2 does not train τ₁), or None (off)."""
-    g = P.get("stable_gamma")
-    if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 0):
-        raise ConfigError(f"{section}.stable_gamma={g!r} must be a number > 0, or null (off)")
-    return None if g is None else float(g)
 
 
 def noise_jobs(P: dict, dataset: str) -> list[dict]:
@@ -698,10 +705,7 @@ def _noise_checks(fin: pd.DataFrame) -> dict:
 
 
 def plot_noise(fin: pd.DataFrame, dataset: str, P: dict | None = None):
-    d = measured(part_of(fin))
-    stable = measured(part_of(fin, "stable_gamma"))
-    if len(stable):  # the FTP readings at the stable γ, as methods of their own (labelled with their γ)
-        d = pd.concat([d, stable.assign(method=[f"{m}, γ {g:g}" for m, g in zip(stable.method, stable.gamma)])])
+    d, gamma_line = _with_stable(fin, P)
     kinds = [k for k in NOISE_KINDS if k in set(d.kind)]
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.8 * len(kinds), 3.4), squeeze=False)
     order = list(dict.fromkeys(d.method))
@@ -724,9 +728,8 @@ def plot_noise(fin: pd.DataFrame, dataset: str, P: dict | None = None):
         ax.set_ylabel("final test accuracy (%)" if ax is axes[0][0] else "")
     fig.suptitle(f"FTP vs BP under analog non-idealities, {dataset}\n"
                  "line: mean over seeds; band: min–max; dots: seeds; × = diverged"
-                 + (f"\nFTP at the spec's γ {P['gamma']:g} unless labelled (γ {stable.gamma.iloc[0]:g}: ours)"
-                    if P and len(stable) else "")
-                 + (f"\n{budget(P)}" if P else ""), y=1.02 if P is None else 1.1 + 0.04 * bool(len(stable)))
+                 + gamma_line + (f"\n{budget(P)}" if P else ""),
+                 y=1.02 if P is None else 1.1 + 0.04 * bool(gamma_line))
     fig.tight_layout()
     return fig
 
