@@ -9,10 +9,14 @@ Two sources of runs:
 - default: a ``paper_length`` row of the FTP table (``--method``, ``--seed``; claims.yaml:
   ftp.mnist.fp32_close_to_bp.output_step.paper_length);
 - ``--bits B``: a run of the quantised sweep (``ftp_quantized``; ``--level``, default ``full``): e.g. why
-  PEPITA recovers at 4 bits but blows up at 6 (README).
+  PEPITA recovers at 4 bits but blows up at 6 (README);
+- ``--noise KIND=VALUE``: a run of the non-ideality sweep (``ftp_noise``; ``--stable-gamma`` for its FTP
+  readings at ``stable_gamma``): e.g. whether FTP's 8-bit conductance-level runs at γ 0.05 keep their accuracy
+  while their weights run away (README).
 
     python scripts/ftp_weight_norms.py --seed 3 --epochs 20
     python scripts/ftp_weight_norms.py --method PEPITA --bits 6 --seed 1 --epochs 10
+    python scripts/ftp_weight_norms.py --noise conductance_bits=8 --stable-gamma --seed 1 --epochs 10
 
 One core: ≈ 7 s an epoch in float, ≈ 30 s quantised."""
 from __future__ import annotations
@@ -53,6 +57,28 @@ def _quantized_job(a) -> tuple[dict, int]:
     return hit[0]["config"], P["epochs"]
 
 
+def _noise_job(a) -> tuple[dict, int]:
+    P = load_params("ftp_noise", a.params)
+    kind, _, value = a.noise.partition("=")
+    try:
+        value = float(value)
+    except ValueError:
+        raise SystemExit(f"--noise {a.noise!r}: expected KIND=VALUE, e.g. conductance_bits=8") from None
+    part = "stable_gamma" if a.stable_gamma else "sweep"
+    if a.stable_gamma and P.get("stable_gamma") is None:
+        raise SystemExit(f"--stable-gamma: ftp_noise.stable_gamma is not set in {a.params}")
+    try:
+        jobs = F.noise_jobs({**P, "seeds": [a.seed]}, "mnist")
+    except ConfigError as e:
+        raise SystemExit(f"--params {a.params}: {e}") from None
+    hit = [j for j in jobs if j["part"] == part and j["method"] == a.method and j["kind"] == kind
+           and float(j["value"]) == value]
+    if not hit:
+        raise SystemExit(f"--method {a.method!r} --noise {a.noise!r}: not in ftp_noise ({part}); kinds "
+                         f"{ {k: sorted({float(j['value']) for j in jobs if j['kind'] == k}) for k in sorted({j['kind'] for j in jobs})} }")
+    return hit[0]["config"], P["epochs"]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=3)
@@ -60,10 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--method", default=F.FTP_OS, help="an FC method of the section (default: output-step FTP)")
     ap.add_argument("--bits", type=int, default=None, help="a bit width of ftp_quantized (default: the FTP table)")
     ap.add_argument("--level", default="full", help="with --bits: the quantisation level (default: full)")
+    ap.add_argument("--noise", default=None, metavar="KIND=VALUE", help="a setting of ftp_noise, e.g. conductance_bits=8")
+    ap.add_argument("--stable-gamma", action="store_true", help="with --noise: the FTP readings at ftp_noise.stable_gamma")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--params", default="params.yaml", help="params file (its ftp_table / ftp_quantized section)")
     a = ap.parse_args(argv)
-    cfg, epochs = _table_job(a) if a.bits is None else _quantized_job(a)
+    if a.noise is not None and a.bits is not None:
+        raise SystemExit("--noise and --bits: give one (a run of ftp_noise or of ftp_quantized)")
+    cfg, epochs = (_noise_job(a) if a.noise is not None else _table_job(a) if a.bits is None else _quantized_job(a))
     cfg = {**cfg, "epochs": min(a.epochs, epochs)}
 
     def show(model, row):

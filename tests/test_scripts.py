@@ -58,3 +58,27 @@ def test_weight_norm_probe_retrains_a_quantised_run_with_its_own_history(capsys,
         mod.main(["--method", "PEPITA", "--bits", "5", "--params", smoke])
     with pytest.raises(SystemExit, match="--level 'nope'"):
         mod.main(["--method", "PEPITA", "--bits", "4", "--level", "nope", "--params", smoke])
+
+
+def test_weight_norm_probe_retrains_a_noise_run_at_stable_gamma(capsys, mirror, tmp_path, monkeypatch):
+    """``--noise KIND=VALUE [--stable-gamma]``: the probe takes the run from the non-ideality sweep (the FTP
+    readings at ``stable_gamma`` with the flag), same config, so the same history as the recorded run."""
+    mod = _probe(monkeypatch, mirror, tmp_path)
+    smoke = str(ROOT / "params.smoke.yaml")
+    mod.main(["--noise", "conductance_bits=4", "--stable-gamma", "--seed", "1", "--device", "cpu", "--params", smoke])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    from repro.train import train
+    P = load_params("ftp_noise", smoke)
+    job = next(j for j in F.noise_jobs(P, "mnist") if j["part"] == "stable_gamma" and j["method"] == F.FTP_OS
+               and j["kind"] == "conductance_bits" and j["value"] == 4 and j["seed"] == 1)
+    assert job["config"]["rule"]["gamma"] == P["stable_gamma"] != P["gamma"]
+    hist = train(job["config"], "cpu").record["history"]
+    assert [r["train_loss"] for r in rows] == [h["train_loss"] for h in hist[1:]] and len(rows) == P["epochs"]
+    with pytest.raises(SystemExit, match="--method 'FTP \\(output step\\)' --noise 'conductance_bits=5': not in ftp_noise"):
+        mod.main(["--noise", "conductance_bits=5", "--stable-gamma", "--params", smoke])
+    with pytest.raises(SystemExit, match="--noise 'conductance_bits': expected KIND=VALUE"):
+        mod.main(["--noise", "conductance_bits", "--params", smoke])
+    with pytest.raises(SystemExit, match="--noise and --bits: give one"):
+        mod.main(["--noise", "conductance_bits=4", "--bits", "4", "--params", smoke])
