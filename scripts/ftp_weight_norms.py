@@ -5,7 +5,7 @@ into ``.grad``: the learning signal vanished, e.g. by rounding). Same config, se
 recorded run, so its history is that run's (up to the first lr drop the schedule does not depend on
 ``--epochs``); it shows which layer runs away before a run diverges.
 
-Two sources of runs:
+Three sources of runs:
 - default: a ``paper_length`` row of the FTP table (``--method``, ``--seed``; claims.yaml:
   ftp.mnist.fp32_close_to_bp.output_step.paper_length);
 - ``--bits B``: a run of the quantised sweep (``ftp_quantized``; ``--level``, default ``full``): e.g. why
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--noise", default=None, metavar="KIND=VALUE", help="a setting of ftp_noise, e.g. conductance_bits=8")
     ap.add_argument("--stable-gamma", action="store_true", help="with --noise: the FTP readings at ftp_noise.stable_gamma")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--params", default="params.yaml", help="params file (its ftp_table / ftp_quantized section)")
+    ap.add_argument("--params", default="params.yaml", help="params file (its ftp_table / ftp_quantized / ftp_noise section)")
     a = ap.parse_args(argv)
     if a.noise is not None and a.bits is not None:
         raise SystemExit("--noise and --bits: give one (a run of ftp_noise or of ftp_quantized)")
