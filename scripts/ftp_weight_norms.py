@@ -74,8 +74,8 @@ def _noise_job(a) -> tuple[dict, int]:
     hit = [j for j in jobs if j["part"] == part and j["method"] == a.method and j["kind"] == kind
            and float(j["value"]) == value]
     if not hit:
-        raise SystemExit(f"--method {a.method!r} --noise {a.noise!r}: not in ftp_noise ({part}); kinds "
-                         f"{ {k: sorted({float(j['value']) for j in jobs if j['kind'] == k}) for k in sorted({j['kind'] for j in jobs})} }")
+        raise SystemExit(f"--method {a.method!r} --noise {a.noise!r}: not in ftp_noise ({part}); methods "
+                         f"{sorted({j['method'] for j in jobs if j['part'] == part})}, settings {P['noise']}")
     return hit[0]["config"], P["epochs"]
 
 
