@@ -267,6 +267,13 @@ def shallow_jobs(P: dict, dataset: str) -> list[dict]:
     return jobs + _lr_sweep_jobs(P, jobs) + _exact_bjorck_jobs(P, jobs)
 
 
+def _check_reading(P: dict, part: str, reading) -> None:
+    """One clear line when an optional part of ``foton_shallow`` names a reading the table does not run."""
+    if reading not in P["readings"]:
+        raise ConfigError(f"foton_shallow.{part}.reading: {reading!r} is not one of readings "
+                          f"({', '.join(P['readings'])})")
+
+
 EXACT_BJORCK = "FOTON (Björck: all iterations)"
 
 
@@ -278,9 +285,7 @@ def _exact_bjorck_jobs(P: dict, table: list[dict]) -> list[dict]:
     E = P.get("exact_bjorck")
     if not E:
         return []
-    if E.get("reading") not in P["readings"]:
-        raise ConfigError(f"foton_shallow.exact_bjorck.reading: {E.get('reading')!r} is not one of readings "
-                          f"({', '.join(P['readings'])})")
+    _check_reading(P, "exact_bjorck", E.get("reading"))
     if "FOTON" not in P["methods"]:
         raise ConfigError("foton_shallow.exact_bjorck needs FOTON in foton_shallow.methods")
     jobs = []
@@ -309,9 +314,7 @@ def _lr_sweep_jobs(P: dict, table: list[dict]) -> list[dict]:
     FOTON's forward-only update costs."""
     jobs, seen = [], set()
     for S in lr_grids(P):
-        if S.get("reading") not in P["readings"]:
-            raise ConfigError(f"foton_shallow.lr_sweep.reading: {S.get('reading')!r} is not one of readings "
-                              f"({', '.join(P['readings'])})")
+        _check_reading(P, "lr_sweep", S.get("reading"))
         seeds = S.get("seeds", P["seeds"])  # the grid may use fewer seeds than the table
         for m in S["methods"]:
             base = "BP" if m == BJORCK_CONTROL else m
