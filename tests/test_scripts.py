@@ -82,3 +82,54 @@ def test_weight_norm_probe_retrains_a_noise_run_at_stable_gamma(capsys, mirror, 
         mod.main(["--noise", "conductance_bits", "--params", smoke])
     with pytest.raises(SystemExit, match="--noise and --bits: give one"):
         mod.main(["--noise", "conductance_bits=4", "--bits", "4", "--params", smoke])
+
+
+def _osc(monkeypatch, mirror, tmp_path):
+    monkeypatch.setenv("REPRO_DATA_MIRROR", str(mirror))
+    monkeypatch.setenv("REPRO_DATA_ROOT", str(tmp_path / "data"))
+    spec = importlib.util.spec_from_file_location("f3_oscillation", ROOT / "scripts" / "f3_oscillation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_f3_oscillation_probe_is_the_recorded_run_and_its_reads_are_the_masks(capsys, mirror, tmp_path, monkeypatch):
+    """scripts/f3_oscillation.py (the README's F³-Error oscillation probes) at smoke scale: with no option it
+    retrains Fig. 2's recorded F³-Error run (same history); --read true is F³-Error+OneHot's run; --read wrong
+    feeds back exactly (1 − y*) ⊙ E; bad options are one clear line."""
+    import torch
+    from repro.figures import f3 as F
+    from repro.figures.common import load_params
+    from repro.rules.base import Batch
+    from repro.train import train
+    mod = _osc(monkeypatch, mirror, tmp_path)
+    smoke = str(ROOT / "params.smoke.yaml")
+    P = load_params("f3_mnist", smoke)
+    base = ["--seed", "1", "--device", "cpu", "--params", smoke]
+    s = mod.main(base)
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    job = next(j for j in F.mnist_jobs(P) if j["algorithm"] == "F3-Error" and j["seed"] == 1)
+    hist = train(job["config"], "cpu").record["history"][1:]
+    assert [r["train_loss"] for r in rows[:-1]] == [h["train_loss"] for h in hist] and len(hist) == P["epochs"]
+    assert s["final_test_error"] == hist[-1]["test_error"] and rows[-1]["summary"] == s
+    s_true = mod.main(base + ["--read", "true"])
+    capsys.readouterr()
+    v = next(j for j in F.variant_jobs({**load_params("f3_variants", smoke), "seeds": [1]})
+             if j["variant"] == "delayed_error_one_hot")
+    assert s_true["final_train_loss"] == train(v["config"], "cpu").record["history"][-1]["train_loss"]
+    s_wrong = mod.main(base + ["--read", "wrong"])
+    capsys.readouterr()
+    assert s_wrong["final_train_loss"] not in (s["final_train_loss"], s_true["final_train_loss"])
+    from repro.rules import RULES
+    assert mod.PROBE_RULE not in RULES  # registered for the probe's own run only
+    rule = mod.F3WrongClass()
+    rule.E = torch.tensor([[0.5, -0.2, -0.7], [-0.1, 0.9, -0.3]])
+    y = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
+    fb = rule.feedback(Batch(idx=torch.tensor([0, 1]), x=torch.zeros(2, 4), y=y), None)
+    assert torch.equal(fb, torch.tensor([[0.0, -0.2, -0.7], [-0.1, 0.0, -0.3]]))
+    cfg = mod.job_config(P, 1, "all", 1, None)
+    assert cfg["optim"]["milestones"] == [1] and cfg["optim"]["gamma"] == 0.1
+    for args, msg in ((["--read", "nope"], "--read 'nope'"), (["--lr-drop", "0"], "--lr-drop 0"),
+                      (["--epochs", "0"], "--epochs 0")):
+        with pytest.raises(SystemExit, match=msg):
+            mod.main(base + args)
