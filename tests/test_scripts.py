@@ -8,14 +8,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _probe(monkeypatch, mirror, tmp_path):
-    """scripts/ftp_weight_norms.py as a module, on the test mirror's data."""
+def _script(name, monkeypatch, mirror, tmp_path):
+    """scripts/<name>.py as a module, on the test mirror's data."""
     monkeypatch.setenv("REPRO_DATA_MIRROR", str(mirror))
     monkeypatch.setenv("REPRO_DATA_ROOT", str(tmp_path / "data"))
-    spec = importlib.util.spec_from_file_location("ftp_weight_norms", ROOT / "scripts" / "ftp_weight_norms.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _probe(monkeypatch, mirror, tmp_path):
+    return _script("ftp_weight_norms", monkeypatch, mirror, tmp_path)
 
 
 def test_weight_norm_probe_runs_and_prints_one_line_per_epoch(capsys, mirror, tmp_path, monkeypatch):
@@ -84,15 +88,6 @@ def test_weight_norm_probe_retrains_a_noise_run_at_stable_gamma(capsys, mirror, 
         mod.main(["--noise", "conductance_bits=4", "--bits", "4", "--params", smoke])
 
 
-def _osc(monkeypatch, mirror, tmp_path):
-    monkeypatch.setenv("REPRO_DATA_MIRROR", str(mirror))
-    monkeypatch.setenv("REPRO_DATA_ROOT", str(tmp_path / "data"))
-    spec = importlib.util.spec_from_file_location("f3_oscillation", ROOT / "scripts" / "f3_oscillation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_f3_oscillation_probe_is_the_recorded_run_and_its_reads_are_the_masks(capsys, mirror, tmp_path, monkeypatch):
     """scripts/f3_oscillation.py (the README's F³-Error oscillation probes) at smoke scale: with no option it
     retrains Fig. 2's recorded F³-Error run (same history); --read true is F³-Error+OneHot's run; --read wrong
@@ -102,7 +97,7 @@ def test_f3_oscillation_probe_is_the_recorded_run_and_its_reads_are_the_masks(ca
     from repro.figures.common import load_params
     from repro.rules.base import Batch
     from repro.train import train
-    mod = _osc(monkeypatch, mirror, tmp_path)
+    mod = _script("f3_oscillation", monkeypatch, mirror, tmp_path)
     smoke = str(ROOT / "params.smoke.yaml")
     P = load_params("f3_mnist", smoke)
     base = ["--seed", "1", "--device", "cpu", "--params", smoke]
