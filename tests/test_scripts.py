@@ -18,13 +18,9 @@ def _script(name, monkeypatch, mirror, tmp_path):
     return mod
 
 
-def _probe(monkeypatch, mirror, tmp_path):
-    return _script("ftp_weight_norms", monkeypatch, mirror, tmp_path)
-
-
 def test_weight_norm_probe_runs_and_prints_one_line_per_epoch(capsys, mirror, tmp_path, monkeypatch):
     """scripts/ftp_weight_norms.py (the diagnostic the output-step FTP 100-epoch claim cites) at smoke scale."""
-    mod = _probe(monkeypatch, mirror, tmp_path)
+    mod = _script("ftp_weight_norms", monkeypatch, mirror, tmp_path)
     mod.main(["--seed", "1", "--epochs", "2", "--device", "cpu", "--params", str(ROOT / "params.smoke.yaml")])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and all(len(r["weight_norms"]) == 3 for r in rows)
@@ -44,7 +40,7 @@ def test_weight_norm_probe_runs_and_prints_one_line_per_epoch(capsys, mirror, tm
 def test_weight_norm_probe_retrains_a_quantised_run_with_its_own_history(capsys, mirror, tmp_path, monkeypatch):
     """``--bits``: the probe takes the run from the quantised sweep (same config, so the same history: the
     stochastic rounding is seeded by the run), and prints the share of zero update entries per layer."""
-    mod = _probe(monkeypatch, mirror, tmp_path)
+    mod = _script("ftp_weight_norms", monkeypatch, mirror, tmp_path)
     smoke = str(ROOT / "params.smoke.yaml")
     mod.main(["--method", "PEPITA", "--bits", "4", "--seed", "1", "--device", "cpu", "--params", smoke])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -67,7 +63,7 @@ def test_weight_norm_probe_retrains_a_quantised_run_with_its_own_history(capsys,
 def test_weight_norm_probe_retrains_a_noise_run_at_stable_gamma(capsys, mirror, tmp_path, monkeypatch):
     """``--noise KIND=VALUE [--stable-gamma]``: the probe takes the run from the non-ideality sweep (the FTP
     readings at ``stable_gamma`` with the flag), same config, so the same history as the recorded run."""
-    mod = _probe(monkeypatch, mirror, tmp_path)
+    mod = _script("ftp_weight_norms", monkeypatch, mirror, tmp_path)
     smoke = str(ROOT / "params.smoke.yaml")
     mod.main(["--noise", "conductance_bits=4", "--stable-gamma", "--seed", "1", "--device", "cpu", "--params", smoke])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
