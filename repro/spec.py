@@ -70,17 +70,26 @@ def overrides(spec: dict) -> list[str]:
     return out
 
 
+def _section_configs(params: dict) -> dict[str, dict[str, dict]]:
+    """Per figure section in ``params``: its distinct runs' configs by key (every dataset, cached or not)."""
+    from .figures import SECTIONS, jobs
+    from .train import run_key
+    return {section: {run_key(j["config"]): j["config"] for j in jobs(section, {**P, "device": "cpu", "workers": 1})}
+            for section, P in params.items() if section in SECTIONS and isinstance(P, dict)}
+
+
 def run_counts(params: dict) -> dict[str, tuple[int, int]]:
     """Per figure section (every dataset, cached or not): distinct runs, and their epochs in all (a run's
     epochs as configured: a layer-wise rule trains that many per layer; a diverging run stops early)."""
-    from .figures import SECTIONS, jobs
-    from .train import run_key
-    out = {}
-    for section, P in params.items():
-        if section in SECTIONS and isinstance(P, dict):
-            cfgs = {run_key(j["config"]): j["config"] for j in jobs(section, {**P, "device": "cpu", "workers": 1})}
-            out[section] = (len(cfgs), sum(c["epochs"] for c in cfgs.values()))
-    return out
+    return {s: (len(c), sum(x["epochs"] for x in c.values())) for s, c in _section_configs(params).items()}
+
+
+def finished_runs(params: dict, results: str | Path = "results") -> dict[str, int]:
+    """Per figure section: how many of its distinct runs already have a record in some run store under
+    ``results`` (a stage's own, another stage's, or ``results/spec_scale``'s runs trained ahead) — runs a
+    sweep at this scale copies instead of training."""
+    have = {p.stem for pat in ("*/runs/*.json", "*/*/runs/*.json") for p in Path(results).glob(pat)}
+    return {s: len(have & set(c)) for s, c in _section_configs(params).items()}
 
 
 def main(params_file: str = "params.yaml", spec_file: str = SPEC_FILE, print_only: bool = False,
@@ -96,12 +105,13 @@ def main(params_file: str = "params.yaml", spec_file: str = SPEC_FILE, print_onl
     cmd = ["dvc", "exp", "run", *[a for o in overrides(spec) for a in ("-S", o)], *(dvc_args or [])]
     if print_only:
         now, then = run_counts(params), run_counts(full)
+        done = finished_runs(full, Path(params_file).resolve().parent / "results")
         touched = sorted({k.split(".")[0] for k in spec})
         w = max(map(len, touched))
-        print(f"{'section':<{w}}  {'runs (epochs) now':>20}  {'at spec scale':>20}")
+        print(f"{'section':<{w}}  {'runs (epochs) now':>20}  {'at spec scale':>20}  {'of those finished':>17}")
         for s in touched:
             (n0, e0), (n1, e1) = now.get(s, (0, 0)), then.get(s, (0, 0))
-            print(f"{s:<{w}}  {f'{n0} ({e0:,})':>20}  {f'{n1} ({e1:,})':>20}")
+            print(f"{s:<{w}}  {f'{n0} ({e0:,})':>20}  {f'{n1} ({e1:,})':>20}  {done.get(s, 0):>17}")
         print(shlex.join(cmd))
         return 0
     return subprocess.call(cmd)

@@ -77,3 +77,36 @@ def test_write_gives_a_params_file_for_sweeps_at_spec_scale(tmp_path):
                  "--write", str(out)]) == 0
     assert yaml.safe_load(out.read_text()) == S.apply(_params(), S.load_spec(ROOT / S.SPEC_FILE))
     assert load_params("ftp_quantized", out)["levels"] == ["weights", "weights+activations", "full"]
+
+
+def test_runs_trained_ahead_at_spec_scale_are_jobs_of_that_scale():
+    """results/spec_scale/<stage>@<dataset>/runs (or <stage>/runs) holds spec-scale runs trained before their
+    section was switched over (results/spec_scale/README.md): every record keeps its key and is a job of its
+    stage at the spec's scale — a record that is not would never be picked up by any sweep."""
+    import json
+    from repro.figures import jobs
+    from repro.train import run_key
+    full = S.apply(_params(), S.load_spec(ROOT / S.SPEC_FILE))
+    for store in sorted((ROOT / "results" / "spec_scale").glob("*/runs")):
+        section, _, dataset = store.parent.name.partition("@")  # `<stage>` for a stage without datasets
+        want = {run_key(j["config"]) for j in jobs(section, {**full[section], "device": "cpu", "workers": 1})
+                if not dataset or j.get("dataset") == dataset}
+        for p in sorted(store.glob("*.json")):
+            rec = json.loads(p.read_text())
+            assert run_key(rec["config"]) == rec["key"] == p.stem, p
+            assert p.stem in want, f"{p}: not a job of {section} ({dataset}) at the spec's scale"
+
+
+def test_print_counts_the_spec_scale_runs_already_finished_in_any_store(tmp_path):
+    from repro.figures import jobs
+    from repro.train import run_key
+    full = S.apply(_params(), S.load_spec(ROOT / S.SPEC_FILE))
+    js = jobs("ftp_quantized", {**full["ftp_quantized"], "device": "cpu", "workers": 1})
+    keys = [run_key(j["config"]) for j in js if j["bits"] == 4][:2]
+    assert S.finished_runs(full, tmp_path)["ftp_quantized"] == 0
+    for i, k in enumerate(keys):  # a stage's own store, and one trained ahead (results/spec_scale)
+        d = tmp_path / ("ftp_quantized/mnist/runs" if i == 0 else "spec_scale/ftp_quantized@mnist/runs")
+        d.mkdir(parents=True)
+        (d / f"{k}.json").write_text("{}")
+    (tmp_path / "spec_scale" / "x.json").write_text("{}")  # not in a run store
+    assert S.finished_runs(full, tmp_path)["ftp_quantized"] == 2
