@@ -87,7 +87,8 @@ def run_counts(params: dict) -> dict[str, tuple[int, int]]:
 def finished_runs(params: dict, results: str | Path = "results") -> dict[str, int]:
     """Per figure section: how many of its distinct runs already have a record in some run store under
     ``results`` (a stage's own, another stage's, or ``results/spec_scale``'s runs trained ahead) — runs a
-    sweep at this scale copies instead of training."""
+    sweep at this scale copies instead of training. The patterns are the stores ``figures.common.store_for``
+    shares (kept here, not shared from there: common.py is a dependency of every stage; a test ties the two)."""
     have = {p.stem for pat in ("*/runs/*.json", "*/*/runs/*.json") for p in Path(results).glob(pat)}
     return {s: len(have & set(c)) for s, c in _section_configs(params).items()}
 

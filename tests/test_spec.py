@@ -102,11 +102,14 @@ def test_print_counts_the_spec_scale_runs_already_finished_in_any_store(tmp_path
     from repro.train import run_key
     full = S.apply(_params(), S.load_spec(ROOT / S.SPEC_FILE))
     js = jobs("ftp_quantized", {**full["ftp_quantized"], "device": "cpu", "workers": 1})
-    keys = [run_key(j["config"]) for j in js if j["bits"] == 4][:2]
+    cfgs = [j["config"] for j in js if j["bits"] == 4][:2]
     assert S.finished_runs(full, tmp_path)["ftp_quantized"] == 0
-    for i, k in enumerate(keys):  # a stage's own store, and one trained ahead (results/spec_scale)
+    for i, c in enumerate(cfgs):  # a stage's own store, and one trained ahead (results/spec_scale)
         d = tmp_path / ("ftp_quantized/mnist/runs" if i == 0 else "spec_scale/ftp_quantized@mnist/runs")
         d.mkdir(parents=True)
-        (d / f"{k}.json").write_text("{}")
+        (d / f"{run_key(c)}.json").write_text("{}")
     (tmp_path / "spec_scale" / "x.json").write_text("{}")  # not in a run store
     assert S.finished_runs(full, tmp_path)["ftp_quantized"] == 2
+    # "finished" means what a sweep's store would copy in: the same stores store_for shares
+    from repro.figures.common import store_for
+    assert all(store_for("elsewhere", tmp_path).get(c) is not None for c in cfgs)
