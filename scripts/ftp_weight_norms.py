@@ -1,7 +1,8 @@
 """Diagnostic probe (not a pipeline stage): retrain one recorded FC run for its first ``--epochs`` epochs
 through the training engine and print, per epoch, its training loss, test error, the Frobenius norm of each
-weight matrix and the share of each weight matrix's last update that is exactly zero (the rule wrote 0
-into ``.grad``: the learning signal vanished, e.g. by rounding). Same config, seed and shuffling as the
+weight matrix, its largest |entry| (the dynamic quantisation scale is max|W|/(2^{b-1} - 1): a growing max
+coarsens the whole matrix's grid) and the share of each weight matrix's last update that is exactly zero (the
+rule wrote 0 into ``.grad``: the learning signal vanished, e.g. by rounding). Same config, seed and shuffling as the
 recorded run, so its history is that run's (up to the first lr drop the schedule does not depend on
 ``--epochs``); it shows which layer runs away before a run diverges.
 
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         weights = [p for p in model.parameters() if p.dim() == 2]
         print(json.dumps({"epoch": row["epoch"], "train_loss": row["train_loss"], "test_error": row["test_error"],
                           "weight_norms": [round(float(p.detach().norm()), 2) for p in weights],
+                          "weight_max": [round(float(p.detach().abs().max()), 3) for p in weights],
                           "zero_update": [None if p.grad is None else round(100 * float((p.grad == 0).float().mean()), 1)
                                           for p in weights]}), flush=True)
     train(cfg, a.device, on_epoch=show)

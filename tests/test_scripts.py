@@ -24,6 +24,7 @@ def test_weight_norm_probe_runs_and_prints_one_line_per_epoch(capsys, mirror, tm
     mod.main(["--seed", "1", "--epochs", "2", "--device", "cpu", "--params", str(ROOT / "params.smoke.yaml")])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and all(len(r["weight_norms"]) == 3 for r in rows)
+    assert all(len(r["weight_max"]) == 3 and 0 < max(r["weight_max"]) <= max(r["weight_norms"]) for r in rows)
     # the recorded paper-length run's own history: same config, seed and shuffling (its lr drop comes later)
     from repro.figures import ftp as F
     from repro.figures.common import load_params
