@@ -18,6 +18,12 @@ Three sources of runs:
     python scripts/ftp_weight_norms.py --seed 3 --epochs 20
     python scripts/ftp_weight_norms.py --method PEPITA --bits 6 --seed 1 --epochs 10
     python scripts/ftp_weight_norms.py --noise conductance_bits=8 --stable-gamma --seed 1 --epochs 10
+    python scripts/ftp_weight_norms.py --method BP --bits 4 --seed 1 --epochs 5 --float-master
+
+``--float-master`` is a counterfactual, not a run of any sweep: the weights are stored rounded as in the
+hardware model, but each step's update is added to a float copy kept beside them and the stored weights are
+that copy rounded (a "master copy", as in mixed-precision training) — so the stochastic rounding noise no
+longer accumulates in the weights (README #5: why BP collapses at 4 bits under a sustained lr).
 
 One core: ≈ 7 s an epoch in float, ≈ 30 s quantised."""
 from __future__ import annotations
@@ -25,9 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
+
 from repro.figures import ftp as F
 from repro.figures.common import load_params
 from repro.models import ConfigError
+from repro.quant import Hardware
 from repro.train import train
 
 
@@ -80,6 +89,36 @@ def _noise_job(a) -> tuple[dict, int]:
     return hit[0]["config"], P["epochs"]
 
 
+def float_master_copy() -> dict:
+    """Patch ``Hardware.after_step`` (this process only) so that each parameter keeps a float copy: the
+    step's update (the parameter now minus what was stored after the last step) is added to the copy, and
+    the copy, rounded as the hardware model rounds, is stored. Returns the copies (by ``id`` of the parameter:
+    ``(float copy, stored value)``) and a function that undoes the patch."""
+    master: dict = {}
+    store = Hardware.after_step
+
+    @torch.no_grad()
+    def after_step(self, params):
+        params = list(params)
+        for p in params:
+            if id(p) in master:  # the update this step made to the stored (rounded) value
+                m, stored = master[id(p)]
+                m += p - stored
+            else:  # first step: the weights were float (the init) until now
+                m = p.detach().clone()
+            p.copy_(m)
+            master[id(p)] = (m, None)
+        store(self, params)  # round (and noise) exactly as the hardware model does
+        for p in params:
+            master[id(p)] = (master[id(p)][0], p.detach().clone())
+
+    Hardware.after_step = after_step
+
+    def restore():
+        Hardware.after_step = store
+    return master, restore
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=3)
@@ -89,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--level", default="full", help="with --bits: the quantisation level (default: full)")
     ap.add_argument("--noise", default=None, metavar="KIND=VALUE", help="a setting of ftp_noise, e.g. conductance_bits=8")
     ap.add_argument("--stable-gamma", action="store_true", help="with --noise: the FTP readings at ftp_noise.stable_gamma")
+    ap.add_argument("--float-master", action="store_true",
+                    help="counterfactual: keep a float copy of the weights beside the rounded ones (see above)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--params", default="params.yaml", help="params file (its ftp_table / ftp_quantized / ftp_noise section)")
     a = ap.parse_args(argv)
@@ -96,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--noise and --bits: give one (a run of ftp_noise or of ftp_quantized)")
     cfg, epochs = (_noise_job(a) if a.noise is not None else _table_job(a) if a.bits is None else _quantized_job(a))
     cfg = {**cfg, "epochs": min(a.epochs, epochs)}
+    if a.float_master:
+        if not (cfg.get("hardware") or {}).get("weights"):
+            raise SystemExit("--float-master: this run does not store its weights rounded (give --bits)")
+        _, restore = float_master_copy()
 
     def show(model, row):
         weights = [p for p in model.parameters() if p.dim() == 2]
@@ -104,7 +149,11 @@ def main(argv: list[str] | None = None) -> None:
                           "weight_max": [round(float(p.detach().abs().max()), 3) for p in weights],
                           "zero_update": [None if p.grad is None else round(100 * float((p.grad == 0).float().mean()), 1)
                                           for p in weights]}), flush=True)
-    train(cfg, a.device, on_epoch=show)
+    try:
+        train(cfg, a.device, on_epoch=show)
+    finally:
+        if a.float_master:
+            restore()
 
 
 if __name__ == "__main__":
