@@ -9,8 +9,9 @@ recorded run, so its history is that run's (up to the first lr drop the schedule
 Three sources of runs:
 - default: a ``paper_length`` row of the FTP table (``--method``, ``--seed``; claims.yaml:
   ftp.mnist.fp32_close_to_bp.output_step.paper_length);
-- ``--bits B``: a run of the quantised sweep (``ftp_quantized``; ``--level``, default ``full``): e.g. why
-  PEPITA recovers at 4 bits but blows up at 6 (README);
+- ``--bits B``: a run of the quantised sweep (``ftp_quantized``; ``--level``, default ``full``;
+  ``--stable-gamma`` for its FTP readings at ``stable_gamma``): e.g. why PEPITA recovers at 4 bits but blows up
+  at 6 (README);
 - ``--noise KIND=VALUE``: a run of the non-ideality sweep (``ftp_noise``; ``--stable-gamma`` for its FTP
   readings at ``stable_gamma``): e.g. whether FTP's 8-bit conductance-level runs at γ 0.05 keep their accuracy
   while their weights run away (README).
@@ -60,10 +61,14 @@ def _quantized_job(a) -> tuple[dict, int]:
         jobs = F.quantized_jobs(P, "mnist")
     except ConfigError as e:
         raise SystemExit(f"--level {a.level!r}: {e}") from None
-    hit = [j for j in jobs if j["method"] == a.method and j["bits"] == a.bits]
+    part = "stable_gamma" if a.stable_gamma else "sweep"
+    if a.stable_gamma and P.get("stable_gamma") is None:
+        raise SystemExit(f"--stable-gamma: ftp_quantized.stable_gamma is not set in {a.params}")
+    hit = [j for j in jobs if j["part"] == part and j["method"] == a.method and j["bits"] == a.bits]
     if not hit:
-        raise SystemExit(f"--method {a.method!r} --bits {a.bits}: not in ftp_quantized; methods "
-                         f"{sorted({j['method'] for j in jobs})}, bits {sorted({j['bits'] for j in jobs})}")
+        raise SystemExit(f"--method {a.method!r} --bits {a.bits}: not in ftp_quantized ({part}); methods "
+                         f"{sorted({j['method'] for j in jobs if j['part'] == part})}, "
+                         f"bits {sorted({j['bits'] for j in jobs})}")
     return hit[0]["config"], P["epochs"]
 
 
@@ -127,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bits", type=int, default=None, help="a bit width of ftp_quantized (default: the FTP table)")
     ap.add_argument("--level", default="full", help="with --bits: the quantisation level (default: full)")
     ap.add_argument("--noise", default=None, metavar="KIND=VALUE", help="a setting of ftp_noise, e.g. conductance_bits=8")
-    ap.add_argument("--stable-gamma", action="store_true", help="with --noise: the FTP readings at ftp_noise.stable_gamma")
+    ap.add_argument("--stable-gamma", action="store_true",
+                    help="with --noise or --bits: the FTP readings at that section's stable_gamma")
     ap.add_argument("--float-master", action="store_true",
                     help="counterfactual: keep a float copy of the weights beside the rounded ones (see above)")
     ap.add_argument("--device", default="auto")

@@ -59,6 +59,16 @@ def test_weight_norm_probe_retrains_a_quantised_run_with_its_own_history(capsys,
         mod.main(["--method", "PEPITA", "--bits", "5", "--params", smoke])
     with pytest.raises(SystemExit, match="--level 'nope'"):
         mod.main(["--method", "PEPITA", "--bits", "4", "--level", "nope", "--params", smoke])
+    # --stable-gamma: the same reading's run at the section's stable γ (part stable_gamma), not the sweep's
+    mod.main(["--method", F.FTP_OS, "--bits", "4", "--seed", "1", "--epochs", "1", "--stable-gamma", "--device", "cpu",
+              "--params", smoke])
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    job = next(j for j in F.quantized_jobs(P, "mnist") if j["part"] == "stable_gamma" and j["method"] == F.FTP_OS
+               and j["bits"] == 4 and j["seed"] == 1 and j["level"] == "full")
+    assert job["config"]["rule"]["gamma"] == P["stable_gamma"] != P["gamma"]
+    assert row["train_loss"] == train({**job["config"], "epochs": 1}, "cpu").record["history"][1]["train_loss"]
+    with pytest.raises(SystemExit, match="--method 'BP' --bits 4: not in ftp_quantized \\(stable_gamma\\)"):
+        mod.main(["--method", "BP", "--bits", "4", "--stable-gamma", "--params", smoke])
 
 
 def test_weight_norm_probe_retrains_a_noise_run_at_stable_gamma(capsys, mirror, tmp_path, monkeypatch):
