@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Callable
 
 import torch
 
@@ -94,11 +95,12 @@ def _noise_job(a) -> tuple[dict, int]:
     return hit[0]["config"], P["epochs"]
 
 
-def float_master_copy() -> dict:
+def float_master_copy() -> tuple[dict, Callable[[], None]]:
     """Patch ``Hardware.after_step`` (this process only) so that each parameter keeps a float copy: the
     step's update (the parameter now minus what was stored after the last step) is added to the copy, and
     the copy, rounded as the hardware model rounds, is stored. Returns the copies (by ``id`` of the parameter:
-    ``(float copy, stored value)``) and a function that undoes the patch."""
+    ``(float copy, stored value)``) and a function that undoes the patch. Write noise, if the run has any,
+    lands on the stored weights only (the copy holds the updates)."""
     master: dict = {}
     store = Hardware.after_step
 
