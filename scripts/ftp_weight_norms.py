@@ -55,6 +55,13 @@ def _table_job(a) -> tuple[dict, int]:
     return jobs[0]["config"], L["epochs"]
 
 
+def _part(a, P: dict, section: str) -> str:
+    """The jobs' ``part`` that ``--stable-gamma`` selects in ``section`` (its FTP readings at stable_gamma)."""
+    if a.stable_gamma and P.get("stable_gamma") is None:
+        raise SystemExit(f"--stable-gamma: {section}.stable_gamma is not set in {a.params}")
+    return "stable_gamma" if a.stable_gamma else "sweep"
+
+
 def _quantized_job(a) -> tuple[dict, int]:
     P = load_params("ftp_quantized", a.params)
     P = {**P, "seeds": [a.seed], "levels": [a.level], "signal_ablation": None, "seeds_by_method": {}}
@@ -62,9 +69,7 @@ def _quantized_job(a) -> tuple[dict, int]:
         jobs = F.quantized_jobs(P, "mnist")
     except ConfigError as e:
         raise SystemExit(f"--level {a.level!r}: {e}") from None
-    part = "stable_gamma" if a.stable_gamma else "sweep"
-    if a.stable_gamma and P.get("stable_gamma") is None:
-        raise SystemExit(f"--stable-gamma: ftp_quantized.stable_gamma is not set in {a.params}")
+    part = _part(a, P, "ftp_quantized")
     hit = [j for j in jobs if j["part"] == part and j["method"] == a.method and j["bits"] == a.bits]
     if not hit:
         raise SystemExit(f"--method {a.method!r} --bits {a.bits}: not in ftp_quantized ({part}); methods "
@@ -80,9 +85,7 @@ def _noise_job(a) -> tuple[dict, int]:
         value = float(value)
     except ValueError:
         raise SystemExit(f"--noise {a.noise!r}: expected KIND=VALUE, e.g. conductance_bits=8") from None
-    part = "stable_gamma" if a.stable_gamma else "sweep"
-    if a.stable_gamma and P.get("stable_gamma") is None:
-        raise SystemExit(f"--stable-gamma: ftp_noise.stable_gamma is not set in {a.params}")
+    part = _part(a, P, "ftp_noise")
     try:
         jobs = F.noise_jobs({**P, "seeds": [a.seed]}, "mnist")
     except ConfigError as e:
@@ -108,13 +111,11 @@ def float_master_copy() -> tuple[dict, Callable[[], None]]:
     def after_step(self, params):
         params = list(params)
         for p in params:
-            if id(p) in master:  # the update this step made to the stored (rounded) value
+            if id(p) in master:  # add this step's update (the parameter now minus what was stored) to the copy
                 m, stored = master[id(p)]
-                m += p - stored
+                p.copy_(m.add_(p - stored))
             else:  # first step: the weights were float (the init) until now
-                m = p.detach().clone()
-            p.copy_(m)
-            master[id(p)] = (m, None)
+                master[id(p)] = (p.detach().clone(), None)
         store(self, params)  # round (and noise) exactly as the hardware model does
         for p in params:
             master[id(p)] = (master[id(p)][0], p.detach().clone())
