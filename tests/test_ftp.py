@@ -448,6 +448,25 @@ def test_signal_ablation_runs_stay_out_of_the_sweep_metrics():
     norms = pd.DataFrame([{"level": "w", "method": "m", "bits": 6, "seed": s, "layer": "W2", "norm": v}
                           for s, v in ((1, 3.0), (2, 5.0))])
     assert F.ablation_norm_metrics(norms) == {"w": {"m": {"6": {"W2": 5.0}}}}
+    blown = norms.assign(norm=[3.0, float("nan")])  # NaN weights are the worst blow-up, not a missing value
+    assert F.ablation_norm_metrics(blown) == {"w": {"m": {"6": {"W2": float("inf")}}}}
+
+
+def test_signal_ablation_figure_names_overflowed_weights():
+    """A run whose weights overflowed (inf / NaN) cannot sit on the log axis: it is left out of the bars and
+    the panel says so, instead of silently dropping it."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from repro.figures import ftp as F
+    lv = "weights+activations+targets"
+    fin = pd.DataFrame([{"part": "signal_ablation", "method": F.FTP_OS, "level": lv, "bits": 6, "seed": s,
+                         "status": "ok", "final_test_acc": a} for s, a in ((1, 11.0), (2, 60.0))])
+    norms = pd.DataFrame([{"level": lv, "method": F.FTP_OS, "bits": 6, "seed": s, "layer": f"W{k}", "norm": v}
+                          for s, vs in ((1, (50.0, float("inf"))), (2, (48.0, 1e9))) for k, v in enumerate(vs, 1)])
+    fig = F.plot_signal_ablation(fin, norms, "mnist")
+    texts = [t.get_text() for t in fig.axes[1].texts]
+    assert texts == ["not finite (overflowed), left out: w+a+targets 1 matrix"]
+    plt.close(fig)
 
 
 def test_stable_gamma_runs_the_ftp_readings_again_and_is_checked_against_the_sweeps_bp():

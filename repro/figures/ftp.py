@@ -481,10 +481,13 @@ def ablation_weight_norms(P: dict, dataset: str, results: str = "results") -> pd
 
 
 def ablation_norm_metrics(norms: pd.DataFrame) -> dict:
-    """level → method → bits → layer → the largest end-of-run ‖W‖ over seeds."""
+    """level → method → bits → layer → the largest end-of-run ‖W‖ over seeds. Weights that overflowed to inf
+    or NaN count as inf (pandas' max would skip a NaN: the worst blow-up would vanish from the number)."""
     out: dict = {}
     for (lvl, m, b, lay), g in norms.groupby(["level", "method", "bits", "layer"]):
-        out.setdefault(lvl, {}).setdefault(m, {}).setdefault(str(b), {})[lay] = float(g.norm.max())
+        v = g.norm.to_numpy(dtype=float)
+        out.setdefault(lvl, {}).setdefault(m, {}).setdefault(str(b), {})[lay] = (
+            float(v.max()) if np.isfinite(v).all() else float("inf"))
     return out
 
 
@@ -505,10 +508,17 @@ def plot_signal_ablation(fin: pd.DataFrame, norms: pd.DataFrame, dataset: str):
                       palette=["0.2"] * len(hue_order), size=4, legend=False, ax=axes[0])
     axes[0].set(ylabel="final test accuracy (%)", xlabel="rounded (w+a = weights and activations)",
                 title=f"{', '.join(sorted(set(d.method)))}: which rounded signal breaks it?")
-    sns.barplot(norms, x="level", y="norm", hue="layer", order=order, errorbar=("pi", 100), ax=axes[1])
+    ok = np.isfinite(norms.norm.to_numpy(dtype=float))  # overflowed (inf / NaN) weights cannot sit on a log axis
+    sns.barplot(norms[ok], x="level", y="norm", hue="layer", order=order, hue_order=sorted(set(norms.layer)),
+                estimator="median", errorbar=("pi", 100), ax=axes[1])
     axes[1].set_yscale("log")
+    bad = norms[~ok].groupby("level").size()
+    if len(bad):  # say which runs are missing from the bars instead of dropping them silently
+        axes[1].text(0.01, 0.98, "not finite (overflowed), left out: " + ", ".join(
+            f"{lvl} {n} {'matrix' if n == 1 else 'matrices'}" for lvl, n in bad.items()), transform=axes[1].transAxes,
+            va="top", fontsize=8, color="0.3")
     axes[1].set(ylabel="‖W‖ at the end (Frobenius, log)", xlabel="rounded",
-                title="weight norms at the end (bar: mean, line: min–max over bits and seeds)")
+                title="weight norms at the end (bar: median, line: min–max of the finite ones)")
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     fig.suptitle(f"FTP quantisation, {dataset}: rounding one kind of learning signal at a time "
