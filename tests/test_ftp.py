@@ -292,6 +292,8 @@ def test_quantized_robustness_is_judged_where_a_method_still_learns():
     m = q([("BP", 32, 98.0), ("BP", 4, 9.8), ("BP", 2, 9.8), (F.FTP_OS, 32, 97.0), (F.FTP_OS, 4, 80.0),
            (F.FTP_OS, 2, 9.8)])
     assert m["ftp_os_compared_at_le4"] == ["4"] and m["ftp_os_degrades_less_than_bp_le4"] is True
+    assert F.robustness_summary(m) == {k: m.get(k) for k in F.ROBUSTNESS_KEYS}
+    assert F.robustness_summary(m)["ftp_os_compared_at_le4"] == ["4"]
 
 
 def test_noise_robustness_is_judged_where_a_method_still_learns():

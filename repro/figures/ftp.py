@@ -405,6 +405,16 @@ def quantized_stats(fin: pd.DataFrame, part: str = "sweep") -> pd.DataFrame:
                          for (lvl, m, b), g in measured(part_of(fin, part)).groupby(["level", "method", "bits"])])
 
 
+# the keys of one _robustness result, in the order the notebook prints them
+ROBUSTNESS_KEYS = tuple(f"{key}_{k}" for _, key in READINGS
+                        for k in ("fp32_within_2_of_bp", "degrades_less_than_bp_le4", "compared_at_le4"))
+
+
+def robustness_summary(m: dict) -> dict:
+    """The claims' quantisation checks of one metrics dict (the sweep's, or its ``stable_gamma`` part)."""
+    return {k: m.get(k) for k in ROBUSTNESS_KEYS}
+
+
 def _robustness(full: dict, bp: dict) -> dict:
     """The claims' checks on one level's mean accuracies (``{method: {bits: mean}}``) against BP's
     (``{bits: mean}``): per FTP reading, 32 bits within 2 points of BP, and a smaller drop from its own 32-bit
