@@ -242,6 +242,28 @@ def checkpoint_seconds() -> float:
     return s
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``, else ``platform.processor()``), kept in a run's record:
+    retraining a record on another host can differ in the last bits (README, *Runs*)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_env(env: dict) -> str:
+    """Where a run was trained, in a few words: device, the chip's model when recorded, threads, host."""
+    bits = [str(env.get("device", "?"))] + [env[k] for k in ("gpu", "cpu") if env.get(k)]
+    if env.get("threads"):
+        bits.append(f"{env['threads']} thread{'s' * (env['threads'] != 1)}")
+    if env.get("host"):
+        bits.append(f"host {env['host']}")
+    return ", ".join(bits)
+
+
 CHECKPOINT_FORMAT = 1
 
 
@@ -401,6 +423,7 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
     record = {"key": key, "config": cfg, "status": status, "summary": summary, "history": history,
               "env": {"device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "host": platform.node(), "seconds": round(time.perf_counter() - t0, 2)}}
+    record["env"].update({"gpu": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {"cpu": cpu_model()})
     if resumed_at:
         record["env"]["resumed_at_epochs"] = resumed_at
     model._repro_rule = rule  # keeps the rule's tensors reachable for saving
@@ -471,8 +494,9 @@ class RunStore:
             self.put(res)
             return True
         if history_digits(res.record["history"]) != history_digits(rec["history"]):
-            print(f"run {key}: the retrained history differs from the cached record's (device "
-                  f"{rec['env'].get('device')} → {res.record['env'].get('device')}); using the new weights", flush=True)
+            print(f"run {key}: the retrained history differs from the cached record's (trained on "
+                  f"{describe_env(rec['env'])}; now on {describe_env(res.record['env'])}); using the new weights",
+                  flush=True)
         self._put_weights(res)
         return True
 
@@ -597,8 +621,12 @@ def sweep(configs: list[dict], store: RunStore, device: str = "auto", workers: i
           threads: int | None = None, progress: bool = True, desc: str = "sweep") -> list[dict]:
     """Run every config not already in the store; return all records in order.
 
-    ``workers > 1`` trains runs in parallel processes (``threads`` torch threads each, default 1); on CUDA the
-    processes share the card (these small nets are bound by kernel launches, not by the GPU's arithmetic).
+    Every run trains on ``threads`` torch threads (default 1), in this process (``workers == 1``, or a single
+    pending run) or in one of ``workers`` parallel processes; on CUDA the processes share the card (these small
+    nets are bound by kernel launches, not by the GPU's arithmetic). One count for both paths: a float32
+    reduction's low bits depend on how many threads split it, so a run's numbers must not depend on how many
+    runs were pending; and two one-worker sweeps side by side on 2 cores, each on torch's default 2 threads,
+    ran 5-10x slower than on one thread each (README, *Threads*).
     The progress bar counts optimisation steps over all pending runs, so its ETA covers the sweep.
     """
     from tqdm.auto import tqdm
@@ -614,8 +642,9 @@ def sweep(configs: list[dict], store: RunStore, device: str = "auto", workers: i
     bar = tqdm(total=total, desc=f"{desc}: {len(todo)} to train, {len(configs) - len(pending)} cached",
                unit="step", disable=not progress or not todo, mininterval=2.0)
     if workers == 1 or len(todo) <= 1:
-        for i in todo.values():
-            run_cached(configs[i], store, device, progress=bar.update)
+        with torch_threads(threads or 1):
+            for i in todo.values():
+                run_cached(configs[i], store, device, progress=bar.update)
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor

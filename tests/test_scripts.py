@@ -172,28 +172,36 @@ def test_float_master_copy_keeps_the_exact_float_sum_and_stores_it_rounded(monke
         mod.main(["--float-master", "--params", smoke])
 
 
-def test_flush_denormal_probe_compares_histories_and_names_bad_input(capsys, mirror, tmp_path, monkeypatch):
-    """scripts/flush_denormal.py (README, *Denormal numbers*) on a smoke-scale record: the short probe trains
-    with and without flush-to-zero and reports whether the histories agree; --full retrains the recorded run
-    and compares with the record; the flag is off again afterwards; a missing record is one clear line."""
+def test_cpu_speed_probe_compares_settings_and_histories_and_names_bad_input(capsys, mirror, tmp_path, monkeypatch):
+    """scripts/cpu_speed.py (README, *Threads, not denormals*) on a smoke-scale record: the short probe times
+    1 vs 2 threads, or flush-to-zero off vs on, and says whether the four histories agree; --full retrains the
+    recorded run on its thread count and compares with the record; the caller's thread count and the flag are
+    restored; a missing record or a bad count is one clear line."""
     import torch
     from repro.figures import ftp as F
     from repro.figures.common import load_params
     from repro.train import train
-    mod = _script("flush_denormal", monkeypatch, mirror, tmp_path)
+    mod = _script("cpu_speed", monkeypatch, mirror, tmp_path)
     job = next(j for j in F.table_jobs(load_params("ftp_table", ROOT / "params.smoke.yaml"), "mnist")
                if j["method"] == "BP")
     with mod.torch_threads(1):
         rec = train(job["config"], "cpu").record
     path = tmp_path / f"{rec['key']}.json"
     path.write_text(json.dumps(rec))
+    threads_before = torch.get_num_threads()
     short = mod.main([str(path), "--epochs", "1", "--n-train", "200"])
-    assert short["epochs"] == 1 and short["n_train"] == 200 and short["histories_equal"] is True
+    assert short["compare"] == "threads" and set(short["seconds"]) == {"1", "2"}
+    assert short["epochs"] == 1 and short["n_train"] == 200 and isinstance(short["histories_equal"], bool)
+    flush = mod.main([str(path), "--epochs", "1", "--n-train", "200", "--compare", "flush"])
+    assert set(flush["seconds"]) == {"off", "on"} and flush["histories_equal"] is True
     full = mod.main([str(path), "--full"])
     assert full["history_equals_record"] is True and full["threads"] == rec["env"]["threads"]
-    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [short, full]
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [short, flush, full]
+    assert torch.get_num_threads() == threads_before
     assert torch.set_flush_denormal(False)  # supported here, and left off
     with pytest.raises(SystemExit, match="record .*nope.json: no such file"):
         mod.main([str(tmp_path / "nope.json")])
     with pytest.raises(SystemExit, match="--epochs 0"):
         mod.main([str(path), "--epochs", "0"])
+    with pytest.raises(SystemExit, match="--threads 0"):
+        mod.main([str(path), "--threads", "0"])

@@ -363,6 +363,25 @@ def test_bad_checkpoint_interval_is_one_clear_line(monkeypatch):
         T.checkpoint_seconds()
 
 
+def test_an_in_process_sweep_trains_on_the_sweeps_thread_count_not_the_callers(tiny, tmp_path):
+    """A sweep trains every run on ``threads`` threads (default 1) — in a worker process, and also in this
+    process (one worker, or one pending run), whatever the caller's count, which is restored: a run's digits
+    must not depend on how many runs were pending, and two one-worker sweeps on torch's default thread count
+    oversubscribe a 2-core machine. The record names the count and the CPU."""
+    store = RunStore(tmp_path / "runs", tmp_path / "weights")
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = sweep([cfg(seed=1)], store, progress=False)[0]
+        two = sweep([cfg(seed=2)], store, threads=2, progress=False)[0]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
+    assert one["env"]["threads"] == 1 and two["env"]["threads"] == 2
+    assert one["env"]["cpu"] and "gpu" not in one["env"]
+    assert T.describe_env(one["env"]).startswith("cpu, ") and "1 thread, host " in T.describe_env(one["env"])
+
+
 def test_torch_threads_fixes_the_count_inside_and_restores_it_after():
     from repro.train import torch_threads
     old = torch.get_num_threads()
