@@ -626,7 +626,7 @@ def sweep(configs: list[dict], store: RunStore, device: str = "auto", workers: i
     nets are bound by kernel launches, not by the GPU's arithmetic). One count for both paths: a float32
     reduction's low bits depend on how many threads split it, so a run's numbers must not depend on how many
     runs were pending; and two one-worker sweeps side by side on 2 cores, each on torch's default 2 threads,
-    ran 5-10x slower than on one thread each (README, *Threads*).
+    ran 3-9x slower than on one thread each (README, *Threads, not denormals*).
     The progress bar counts optimisation steps over all pending runs, so its ETA covers the sweep.
     """
     from tqdm.auto import tqdm
