@@ -63,7 +63,7 @@ SIGNAL_KINDS = ("correction", "targets", "errors")
   errors h − τ, PEPITA's activity differences h − h̃, the projected feedback e·B of DFA/DRTP/F³."""
 
 HARDWARE_DEFAULTS = {"bits": 32, "weights": False, "activations": False, "signals": False,
-                     "weight_rounding": "stochastic", "write_noise": 0.0, "read_noise": 0.0}
+                     "weight_rounding": "stochastic", "write_noise": 0.0, "read_noise": 0.0, "master_copy": False}
 
 
 class Hardware:
@@ -71,6 +71,12 @@ class Hardware:
 
     - ``weights``: after every optimizer step the trained weights are stored quantised (stochastic
       rounding by default; no float master copy), then ``write_noise`` (κ) is added;
+    - ``master_copy`` (our variant, off by default; needs ``weights``): a float copy of every trained tensor
+      is kept beside the stored one, as mixed-precision training keeps one: each step's update (the tensor
+      after the optimizer step minus what was stored) is added to the copy, and the copy, rounded as above,
+      is what is stored (write noise then lands on the stored tensor only). Rounding noise then no longer
+      accumulates in the weights (README #5: why BP collapses at ≤ 4 bits without one). The copies belong to
+      this object, so they travel with the model in a checkpoint;
     - ``activations``: every hidden activation of every forward pass is rounded to the grid (with a
       straight-through gradient when autograd is on); ``read_noise`` (ρ) perturbs W in every pass;
     - ``signals``: learning signals are rounded — ``true`` for every kind in :data:`SIGNAL_KINDS`
@@ -85,6 +91,11 @@ class Hardware:
             raise ConfigError(f"unknown hardware key(s) {sorted(unknown)}; allowed: {sorted(HARDWARE_DEFAULTS)}")
         c = {**HARDWARE_DEFAULTS, **cfg}
         quantize(torch.zeros(1), c["bits"], c["weight_rounding"])  # validates bits and rounding
+        if not isinstance(c["master_copy"], bool):
+            raise ConfigError(f"hardware.master_copy={c['master_copy']!r} must be true or false")
+        if c["master_copy"] and not c["weights"]:
+            raise ConfigError("hardware.master_copy=true needs hardware.weights=true (a float copy of weights "
+                              "that are not stored rounded would be the weights themselves)")
         for k in ("write_noise", "read_noise"):
             if not isinstance(c[k], (int, float)) or c[k] < 0:
                 raise ConfigError(f"hardware.{k}={c[k]!r} must be a non-negative number")
@@ -98,6 +109,8 @@ class Hardware:
             raise ConfigError(f"hardware.signals={sig!r} must be true, false or a list of {list(SIGNAL_KINDS)}")
         self.cfg = c
         self.bits = c["bits"]
+        self._master: list[torch.Tensor] | None = None  # master_copy: the float copies, in ``params`` order
+        self._stored: list[torch.Tensor] | None = None  # ... and what was stored after the last step
 
     def q(self, x: torch.Tensor) -> torch.Tensor:
         return quantize(x, self.bits, "nearest")
@@ -121,8 +134,22 @@ class Hardware:
 
     @torch.no_grad()
     def after_step(self, params) -> None:
+        params = list(params)
+        master = self.cfg["master_copy"] and self.bits < 32
+        if master:
+            if self._master is None:  # first step: the weights were float (the init) until this update
+                self._master = [p.detach().clone() for p in params]
+            else:  # add this step's update (the tensor now minus what was stored) to the float copy
+                if len(self._master) != len(params):
+                    raise RuntimeError(f"hardware.master_copy: {len(params)} trained tensors, "
+                                       f"{len(self._master)} copies kept")
+                for p, m, s in zip(params, self._master, self._stored):
+                    m.add_(p - s)
+                    p.copy_(m)
         for p in params:
             if self.cfg["weights"] and self.bits < 32:
                 p.copy_(quantize(p, self.bits, self.cfg["weight_rounding"]))
             if self.cfg["write_noise"]:
                 p.copy_(write_noise(p, self.cfg["write_noise"]))
+        if master:
+            self._stored = [p.detach().clone() for p in params]

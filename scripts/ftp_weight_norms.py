@@ -21,24 +21,20 @@ Three sources of runs:
     python scripts/ftp_weight_norms.py --noise conductance_bits=8 --stable-gamma --seed 1 --epochs 10
     python scripts/ftp_weight_norms.py --method BP --bits 4 --seed 1 --epochs 5 --float-master
 
-``--float-master`` is a counterfactual, not a run of any sweep: the weights are stored rounded as in the
-hardware model, but each step's update is added to a float copy kept beside them and the stored weights are
-that copy rounded (a "master copy", as in mixed-precision training) — so the stochastic rounding noise no
-longer accumulates in the weights (README #5: why BP collapses at 4 bits under a sustained lr).
+``--float-master`` retrains the run with ``hardware.master_copy`` on (repro/quant.py; the sweep's
+``ftp_quantized.master_copy`` part runs it at 10 epochs): the weights are stored rounded as in the hardware
+model, but each step's update is added to a float copy kept beside them and the stored weights are that copy
+rounded (a "master copy", as in mixed-precision training) — so the stochastic rounding noise no longer
+accumulates in the weights (README #5: why BP collapses at 4 bits under a sustained lr).
 
 One core: ≈ 7 s an epoch in float, ≈ 30 s quantised."""
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Callable
-
-import torch
-
 from repro.figures import ftp as F
 from repro.figures.common import load_params
 from repro.models import ConfigError
-from repro.quant import Hardware
 from repro.train import train
 
 
@@ -98,35 +94,6 @@ def _noise_job(a) -> tuple[dict, int]:
     return hit[0]["config"], P["epochs"]
 
 
-def float_master_copy() -> tuple[dict, Callable[[], None]]:
-    """Patch ``Hardware.after_step`` (this process only) so that each parameter keeps a float copy: the
-    step's update (the parameter now minus what was stored after the last step) is added to the copy, and
-    the copy, rounded as the hardware model rounds, is stored. Returns the copies (by ``id`` of the parameter:
-    ``(float copy, stored value)``) and a function that undoes the patch. Write noise, if the run has any,
-    lands on the stored weights only (the copy holds the updates)."""
-    master: dict = {}
-    store = Hardware.after_step
-
-    @torch.no_grad()
-    def after_step(self, params):
-        params = list(params)
-        for p in params:
-            if id(p) in master:  # add this step's update (the parameter now minus what was stored) to the copy
-                m, stored = master[id(p)]
-                p.copy_(m.add_(p - stored))
-            else:  # first step: the weights were float (the init) until now
-                master[id(p)] = (p.detach().clone(), None)
-        store(self, params)  # round (and noise) exactly as the hardware model does
-        for p in params:
-            master[id(p)] = (master[id(p)][0], p.detach().clone())
-
-    Hardware.after_step = after_step
-
-    def restore():
-        Hardware.after_step = store
-    return master, restore
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=3)
@@ -149,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.float_master:
         if not (cfg.get("hardware") or {}).get("weights"):
             raise SystemExit("--float-master: this run does not store its weights rounded (give --bits)")
-        _, restore = float_master_copy()
+        cfg = {**cfg, "hardware": {**cfg["hardware"], "master_copy": True}}
 
     def show(model, row):
         weights = [p for p in model.parameters() if p.dim() == 2]
@@ -158,11 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                           "weight_max": [round(float(p.detach().abs().max()), 3) for p in weights],
                           "zero_update": [None if p.grad is None else round(100 * float((p.grad == 0).float().mean()), 1)
                                           for p in weights]}), flush=True)
-    try:
-        train(cfg, a.device, on_epoch=show)
-    finally:
-        if a.float_master:
-            restore()
+    train(cfg, a.device, on_epoch=show)
 
 
 if __name__ == "__main__":

@@ -482,7 +482,7 @@ def test_stable_gamma_runs_the_ftp_readings_again_and_is_checked_against_the_swe
     from repro.train import run_key
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     P = {**load_params("ftp_quantized", root / "params.yaml"), "seeds": [1, 2], "bits": [32, 4],
-         "levels": ["full"], "signal_ablation": None, "stable_gamma": 0.05}
+         "levels": ["full"], "signal_ablation": None, "stable_gamma": 0.05, "master_copy": None}
     jobs = F.quantized_jobs(P, "mnist")
     st = [j for j in jobs if j["part"] == "stable_gamma"]
     assert sorted((j["method"], j["bits"], j["seed"]) for j in st) == sorted(
@@ -491,7 +491,8 @@ def test_stable_gamma_runs_the_ftp_readings_again_and_is_checked_against_the_swe
     assert {j["config"]["rule"]["gamma"] for j in jobs if j["part"] == "sweep" and j["method"] == "FTP"} == {0.2}
     same = [{k: v for k, v in j.items() if k not in ("gamma", "part")} for j in st]
     assert same == [{k: v for k, v in j.items() if k not in ("gamma", "part")} for j in
-                    F.quantized_jobs({**P, "gamma": 0.05, "stable_gamma": None, "methods": ["FTP", F.FTP_OS]}, "mnist")]
+                    F.quantized_jobs({**P, "gamma": 0.05, "stable_gamma": None, "methods": ["FTP", F.FTP_OS],
+                                      "master_copy": None}, "mnist")]
     T = load_params("ftp_table", root / "params.yaml")
     sweep = {run_key(j["config"]) for j in F.table_jobs(T, "mnist") if j["gamma"] == 0.05 and j["part"] == "table"}
     assert {run_key(j["config"]) for j in st if j["bits"] == 32 and j["method"] == "FTP"} <= sweep
@@ -514,6 +515,67 @@ def test_stable_gamma_runs_the_ftp_readings_again_and_is_checked_against_the_swe
     assert s["ftp_drops_le4_bits"] == {"4": {"FTP": 7.0, "BP": 18.0}} and s["ftp_degrades_less_than_bp_le4"] is True
     assert s["ftp_os_degrades_less_than_bp_le4"] is False and s["ftp_fp32_within_2_of_bp"] is True
     assert "BP" not in s["final_test_acc"]["full"]
+
+
+def test_master_copy_part_reruns_the_full_level_with_a_float_copy_and_is_checked_against_bp_with_one():
+    """``ftp_quantized.master_copy`` (our labelled variant): its methods, bits and seeds again at the ``full``
+    level with ``hardware.master_copy`` (the readings also at ``stable_gamma``), same configs otherwise; its
+    checks compare each method's drop from its own float run with BP's drop *with* the copy; bad settings are one
+    line each."""
+    import pandas as pd
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    from repro.train import run_key
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    P = {**load_params("ftp_quantized", root / "params.yaml"), "seeds": [1], "bits": [32, 4], "levels": ["full"],
+         "signal_ablation": None, "stable_gamma": 0.05,
+         "master_copy": {"bits": [4, 2], "methods": ["BP", F.FTP_OS], "seeds": [1, 2]}}
+    jobs = F.quantized_jobs(P, "mnist")
+    mc = [j for j in jobs if j["part"] == "master_copy"]
+    mcs = [j for j in jobs if j["part"] == "master_copy_stable_gamma"]
+    assert sorted((j["method"], j["bits"], j["seed"]) for j in mc) == sorted(
+        (m, b, s) for m in ("BP", F.FTP_OS) for b in (4, 2) for s in (1, 2))
+    assert sorted((j["method"], j["bits"], j["seed"]) for j in mcs) == sorted(
+        (F.FTP_OS, b, s) for b in (4, 2) for s in (1, 2))
+    assert all(j["config"]["hardware"]["master_copy"] is True and j["level"] == "full" for j in mc + mcs)
+    assert {j["config"]["rule"]["gamma"] for j in mcs} == {0.05} and {j["gamma"] for j in mcs} == {0.05}
+    # the same runs as the sweep's but for the copy
+    plain = {(j["method"], j["bits"], j["seed"], j["part"]): j for j in jobs}
+    twin = plain[("BP", 4, 1, "sweep")]["config"]
+    assert {**mc[0]["config"], "hardware": {**mc[0]["config"]["hardware"], "master_copy": False}} != twin
+    h = {k: v for k, v in next(j for j in mc if j["method"] == "BP" and j["bits"] == 4 and j["seed"] == 1)
+         ["config"]["hardware"].items() if k != "master_copy"}
+    assert h == twin["hardware"]
+    assert len({run_key(j["config"]) for j in jobs}) == len(jobs)
+    assert len(F.quantized_jobs({**P, "master_copy": None}, "mnist")) == len(jobs) - len(mc) - len(mcs)
+    assert not [j for j in F.quantized_jobs({**P, "stable_gamma": None}, "mnist") if j["part"] == "master_copy_stable_gamma"]
+    narrowed = F.quantized_jobs({**P, "methods": ["BP", "PEPITA"]}, "mnist")  # the sweep narrowed narrows the copy too
+    assert {j["method"] for j in narrowed if j["part"].startswith("master_copy")} == {"BP"}
+    for bad, msg in (({"bits": [4]}, "must be null or a mapping with exactly bits, methods and seeds"),
+                     ({"bits": [32], "methods": ["BP"], "seeds": [1]}, r"bits=\[32\] must be a non-empty list"),
+                     ({"bits": [4], "methods": ["SGD"], "seeds": [1]}, r"methods=\['SGD'\]: must be .* FC methods"),
+                     ({"bits": [4], "methods": ["BP"], "seeds": ["1"]}, r"seeds=\['1'\] must be")):
+        with pytest.raises(ConfigError, match=r"ftp_quantized\.master_copy.*" + msg):
+            F.quantized_jobs({**P, "master_copy": bad}, "mnist")
+
+    def row(m, bits, acc, part="sweep"):
+        return {"part": part, "method": m, "level": "full", "bits": bits, "seed": 1, "status": "ok",
+                "final_test_acc": acc, "gamma": 0.05 if "stable" in part else None}
+    rows = [row("BP", 32, 98.0), row("BP", 4, 10.0), row(F.FTP_OS, 32, 97.0), row(F.FTP_OS, 4, 11.0),
+            row(F.FTP_OS, 32, 96.0, "stable_gamma"), row(F.FTP_OS, 4, 20.0, "stable_gamma"),
+            row("BP", 4, 97.0, "master_copy"), row(F.FTP_OS, 4, 60.0, "master_copy"),
+            row(F.FTP_OS, 4, 95.5, "master_copy_stable_gamma")]
+    q = F.quantized_metrics(pd.DataFrame(rows))
+    assert q["ftp_os_compared_at_le4"] == [] and q["ftp_os_degrades_less_than_bp_le4"] is False  # both at chance
+    m = q["master_copy"]
+    assert m["final_test_acc"] == {"BP": {"4": 97.0}, F.FTP_OS: {"4": 60.0}} and m["seeds"] == [1]
+    assert m["ftp_os_drops_le4_bits"] == {"4": {F.FTP_OS: 37.0, "BP": 1.0}}
+    assert m["ftp_os_degrades_less_than_bp_le4"] is False and m["ftp_os_fp32_within_2_of_bp"] is True
+    s = m["stable_gamma"]  # against BP with the copy; its float point is the stable part's 32-bit run
+    assert s["gamma"] == 0.05 and s["ftp_os_drops_le4_bits"] == {"4": {F.FTP_OS: 0.5, "BP": 1.0}}
+    assert s["ftp_os_degrades_less_than_bp_le4"] is True and "BP" not in s["final_test_acc"]
+    assert "master_copy" not in F.quantized_metrics(pd.DataFrame(rows[:6]))
 
 
 def test_paper_length_rows_are_the_table_rows_at_other_epochs_and_stay_out_of_the_table():

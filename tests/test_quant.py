@@ -112,6 +112,52 @@ def test_bad_hardware_config(tiny):
         tiny.train(_cfg({"name": "bp"}, {"bit": 4}))
     with pytest.raises(ConfigError, match="bits=1"):
         tiny.train(_cfg({"name": "bp"}, {"bits": 1}))
+    with pytest.raises(ConfigError, match="hardware.master_copy=true needs hardware.weights=true"):
+        tiny.train(_cfg({"name": "bp"}, {"bits": 4, "master_copy": True}))
+    with pytest.raises(ConfigError, match="hardware.master_copy='yes' must be true or false"):
+        tiny.train(_cfg({"name": "bp"}, {"bits": 4, "weights": True, "master_copy": "yes"}))
+
+
+def test_master_copy_keeps_the_exact_float_sum_and_stores_it_rounded():
+    """``hardware.master_copy``: the float copy is the weight after the first step plus every later step's
+    update exactly (updates far below the 4-bit grid step, which rounding alone would lose), the stored weight
+    is that copy on its own 4-bit grid, and write noise lands on the stored weight only."""
+    from repro.quant import Hardware
+    hw = Hardware({"bits": 4, "weights": True, "master_copy": True, "write_noise": 0.01})
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5, 7))
+    start = None
+    total = torch.zeros(5, 7)
+    for k in range(20):
+        d = 1e-3 * torch.randn(5, 7)
+        with torch.no_grad():
+            p += d
+        if start is None:
+            start = p.detach().clone()  # the first step: the weight was float (the init) until now
+        else:
+            total += d
+        hw.after_step(iter([p]))  # any iterable of the trained tensors, in the same order every step
+        m, stored = hw._master[0], hw._stored[0]
+        torch.testing.assert_close(m, start + total, atol=1e-6, rtol=0)
+        assert torch.equal(stored, p.detach())
+        assert not torch.allclose(p.detach(), m, atol=1e-4)  # rounded (and noisy); the copy is not
+    plain = Hardware({"bits": 4, "weights": True})
+    q = torch.nn.Parameter(torch.randn(5, 7))
+    w = q.detach().clone()
+    plain.after_step([q])
+    assert plain._master is None  # off by default: the stored weight is all there is
+    k = q.detach() / (w.abs().max() / 7)
+    torch.testing.assert_close(k, k.round(), atol=1e-4, rtol=0)
+
+
+def test_master_copy_lets_4bit_bp_keep_updates_that_plain_storage_rounds_away(tiny):
+    """On a tiny net, the same 4-bit run with and without the copy differs (the copy changes training) and
+    each names its own run key; the option is left out of the key while off, so existing runs keep theirs."""
+    hw = {"bits": 4, "weights": True, "activations": True, "signals": True}
+    a = tiny.train(_cfg({"name": "bp"}, hw, epochs=2)).record
+    b = tiny.train(_cfg({"name": "bp"}, {**hw, "master_copy": True}, epochs=2)).record
+    assert a["key"] != b["key"] and a["history"] != b["history"]
+    assert tiny.run_key(_cfg({"name": "bp"}, hw, epochs=2)) == a["key"]
 
 
 def test_update_sparsity_counts_zero_updates_and_frozen_weights(mirror, monkeypatch):

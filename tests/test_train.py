@@ -313,6 +313,7 @@ RESUMABLE = [
     ({"name": "pepita_wm"}, {**RELU, "bias": False}, {}),
     ({"name": "foton", "ortho_every": 2, "ff_every": 3}, {**RELU, "bias": False}, {}),
     ({"name": "ftp", "keep": 1.0}, RELU, {"hardware": {"bits": 4, "weights": True, "write_noise": 0.01}}),
+    ({"name": "bp"}, RELU, {"hardware": {"bits": 4, "weights": True, "signals": True, "master_copy": True}}),
     ({"name": "bp_dd"}, {}, {}),
 ]
 

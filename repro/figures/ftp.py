@@ -387,7 +387,43 @@ def quantized_jobs(P: dict, dataset: str) -> list[dict]:
         jobs += grid("stable_gamma", P["seeds"], P["levels"], P["bits"], ftp, Q={**P, "gamma": g}, gamma=g)
     if A:
         jobs += grid("signal_ablation", A.get("seeds", P["seeds"]), A["levels"], A["bits"], A["methods"])
+    M = _master_copy(P)
+    if M:  # the full level again with a float master copy of the weights (our labelled variant; BP included)
+
+        def mc_grid(part, methods, Q=P, **meta):
+            return [_fc_job(Q, dataset, m, seed, bits=b, level="full", part=part, **meta,
+                            hardware={"bits": b, **LEVELS["full"], "weight_rounding": P["weight_rounding"],
+                                      "master_copy": True})
+                    for seed in M["seeds"] for b in M["bits"] for m in methods]
+        methods = [m for m in M["methods"] if m in P["methods"]]
+        jobs += mc_grid("master_copy", methods)
+        if g is not None:
+            jobs += mc_grid("master_copy_stable_gamma", [m for m in methods if m in dict(READINGS)],
+                            Q={**P, "gamma": g}, gamma=g)
     return jobs
+
+
+def _master_copy(P: dict) -> dict | None:
+    """``ftp_quantized.master_copy`` (our variant, labelled; not in the spec): ``bits`` (< 32), ``methods`` (of
+    the sweep's) and ``seeds`` to run again at the ``full`` level with ``hardware.master_copy`` — a float copy of
+    every weight kept beside the stored, rounded one (repro/quant.py) — and the FTP readings among them also at
+    ``stable_gamma`` when that is set; None or {} = off. Only the methods also in ``methods`` run (a sweep
+    narrowed with ``dvc exp run -S ftp_quantized.methods=…`` narrows this part too)."""
+    M = P.get("master_copy")
+    if not M:
+        return None
+    name = "ftp_quantized.master_copy"
+    if not isinstance(M, dict) or set(M) != {"bits", "methods", "seeds"}:
+        raise ConfigError(f"{name}={M!r} must be null or a mapping with exactly bits, methods and seeds")
+    if not M["bits"] or not all(isinstance(b, int) and not isinstance(b, bool) and 2 <= b < 32 for b in M["bits"]):
+        raise ConfigError(f"{name}.bits={M['bits']!r} must be a non-empty list of integers 2 … 31 "
+                          "(32 bits is float: the sweep's runs, the same with or without a copy)")
+    known = list(_fc_rules(P))
+    if not M["methods"] or [m for m in M["methods"] if m not in known]:
+        raise ConfigError(f"{name}.methods={M['methods']!r}: must be a non-empty list of FC methods ({known})")
+    if not M["seeds"] or not all(isinstance(x, int) and not isinstance(x, bool) for x in M["seeds"]):
+        raise ConfigError(f"{name}.seeds={M['seeds']!r} must be a non-empty list of integers")
+    return M
 
 
 def run_quantized(P: dict, dataset: str, results: str = "results"):
@@ -454,8 +490,10 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
     at another γ) gets the same numbers and checks under ``stable_gamma``, against the sweep's BP runs."""
     ablation = quantized_stats(fin, "signal_ablation")
     stable = part_of(fin, "stable_gamma")
+    full_fin = fin
     fin = part_of(fin)
     acc, sd = _means(quantized_stats(fin))
+    acc_stable = _means(quantized_stats(stable, "stable_gamma"))[0].get("full", {}) if len(stable) else {}
     out = {"final_test_acc": acc, "final_test_acc_sd": sd, "seeds": sorted(int(s) for s in set(fin.seed)),
            "diverged": {lvl: _diverged(d) for lvl, d in fin.groupby("level")}}
     full = acc.get("full", {})
@@ -466,12 +504,76 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
                                "final_test_acc_sd": s_sd, "seeds": sorted(int(s) for s in set(stable.seed)),
                                "diverged": {lvl: _diverged(d) for lvl, d in stable.groupby("level")},
                                **_robustness(s_acc.get("full", {}), full.get("BP", {}))}
+    mc = master_copy_metrics(full_fin, full, acc_stable)
+    if mc:
+        out["master_copy"] = mc
     if len(ablation):  # level → method → bits → {mean, std, min, max, n}
         out["signal_ablation"] = {}
         for r in ablation.itertuples():
             out["signal_ablation"].setdefault(r.level, {}).setdefault(r.method, {})[str(r.bits)] = {
                 k: getattr(r, k) for k in ("mean", "std", "min", "max", "n")}
     return out
+
+
+def master_copy_metrics(fin: pd.DataFrame, full: dict, full_stable: dict) -> dict:
+    """The ``master_copy`` parts (:func:`_master_copy`): mean (sd) final accuracy per method and bit width, and
+    the claims' checks (:func:`_robustness`) with the copy — each method's drop from its own float run (32 bits:
+    the sweep's, and the ``stable_gamma`` part's for the readings at that γ; a copy changes nothing in float)
+    against BP's drop with the copy. ``full`` / ``full_stable``: the sweep's / stable part's ``full``-level
+    means. {} when the parts did not run."""
+    out: dict = {}
+    # BP with the copy (it has no γ: the readings at stable_gamma are compared with the same runs)
+    bp = {**({"32": full["BP"]["32"]} if "32" in full.get("BP", {}) else {}),
+          **_means(quantized_stats(part_of(fin, "master_copy"), "master_copy"))[0].get("full", {}).get("BP", {})}
+    for part, floats, into in (("master_copy", full, out), ("master_copy_stable_gamma", full_stable, None)):
+        rows = part_of(fin, part)
+        if not len(rows):
+            continue
+        acc, sd = _means(quantized_stats(rows, part))
+        acc, sd = acc.get("full", {}), sd.get("full", {})
+        readings = {m: {**({"32": floats[m]["32"]} if "32" in floats.get(m, {}) else {}), **v}
+                    for m, v in acc.items() if m != "BP"}
+        res = {"final_test_acc": acc, "final_test_acc_sd": sd, "seeds": sorted(int(x) for x in set(rows.seed)),
+               "diverged": int((rows.status != "ok").sum()), **_robustness(readings, bp)}
+        if into is None:
+            out["stable_gamma"] = {"gamma": float(rows.gamma.iloc[0]), **res}
+        else:
+            out.update(res)
+    return out
+
+
+def plot_master_copy(fin: pd.DataFrame, dataset: str, P: dict | None = None):
+    """``full`` level, final accuracy vs bits of the methods in ``master_copy``: left as the sweep stores the
+    weights (rounded, nothing else kept), right with a float master copy; 32 bits (float) is the same run in
+    both panels."""
+    base, _ = _with_stable(fin, P)
+    base = base[base.level == "full"]
+    mc = measured(part_of(fin, "master_copy"))
+    mcs = measured(part_of(fin, "master_copy_stable_gamma"))
+    mc = pd.concat([mc, mcs.assign(method=[f"{m}, γ {g:g}" for m, g in zip(mcs.method, mcs.gamma)])])
+    base = base[base.method.isin(set(mc.method))]
+    left, right = "weights stored rounded (the sweep)", "float master copy (our variant)"
+    d = pd.concat([base.assign(storage=left), mc.assign(storage=right),
+                   base[base.bits == 32].assign(storage=right)], ignore_index=True)
+    order = list(dict.fromkeys(base.method))
+    g = sns.relplot(d, x="bits", y="final_test_acc", hue="method", hue_order=order, col="storage",
+                    col_order=[left, right], kind="line", marker="o", errorbar=("pi", 100), height=3.6, aspect=1.3)
+    for (storage, ax) in g.axes_dict.items():
+        sub = d[d.storage == storage]
+        sns.scatterplot(sub, x="bits", y="final_test_acc", hue="method", hue_order=order, s=16, alpha=0.6,
+                        legend=False, ax=ax)
+        mark_diverged(ax, sub, "bits")
+        ax.set_xscale("log", base=2)
+        ticks = sorted(set(d.bits))
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.invert_xaxis()
+    g.set_titles("{col_name}", size=9)
+    g.set_axis_labels("bits (32 = float)", "final test accuracy (%)")
+    seeds = sorted(set(mc.seed))
+    g.figure.suptitle(f"Quantised training with and without a float master copy of the weights, {dataset} (full "
+                      f"level; master copy: seeds {seeds})\nline: mean over seeds; band: min–max; dots: seeds; × = "
+                      "diverged" + (f"\n{budget(P)}" if P else ""), y=1.12 if P else 1.06, fontsize=10)
+    return g.figure
 
 
 def ablation_weight_norms(P: dict, dataset: str, results: str = "results") -> pd.DataFrame:
@@ -546,7 +648,7 @@ def update_sparsity(P: dict, dataset: str, steps: int = 20, level: str = "full")
     started exactly as the run starts (``train.build``). No training beyond those steps: a diagnostic of
     the mechanism behind a BP-vs-FTP gap, cheap enough for every bit width."""
     jobs = quantized_jobs({**P, "seeds": P["seeds"][:1], "levels": [level], "signal_ablation": None,
-                           "stable_gamma": None}, dataset)
+                           "stable_gamma": None, "master_copy": None}, dataset)
     dev = resolve_device(P["device"])
     data = load_data(normalize_config(jobs[0]["config"]), dev)
     rows = []
