@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--results", default="results")
     s.add_argument("--only", action="append", default=[], metavar="COLUMN=VALUE",
                    help="train only the jobs whose column (dataset, algorithm, seed) has this value")
+    s.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads per run (default: params' `threads`, REPRO_THREADS, else 1 — the digits of a "
+                        "CPU run depend on it; a record names its count)")
     s.add_argument("--restore-weights", action="store_true",
                    help="also retrain finished runs whose weights are missing here (a fresh clone has records only)")
     c = sub.add_parser("check", help="claims table: reported vs reproduced; exit 1 on an unexpected miss")
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             from .figures.common import load_params
             from .figures import SECTIONS
             P = {**load_params(a.section, a.params), "restore_weights": a.restore_weights}
+            if a.threads is not None:
+                P["threads"] = a.threads
             only = dict(o.split("=", 1) for o in a.only)
             SECTIONS[a.section](a.section, P, a.results, only=only)
         elif a.cmd == "check":

@@ -257,7 +257,10 @@ def cpu_model() -> str:
 def describe_env(env: dict) -> str:
     """Where a run was trained, in a few words: device, the chip's model when recorded, threads, host."""
     bits = [str(env.get("device", "?"))] + [env[k] for k in ("gpu", "cpu") if env.get(k)]
-    if env.get("threads"):
+    seg = env.get("threads_by_segment") or []
+    if len(set(seg)) > 1:  # a resumed run whose segments ran on different (or unknown) thread counts
+        bits.append("threads by segment " + "/".join("?" if t is None else str(t) for t in seg))
+    elif env.get("threads"):
         bits.append(f"{env['threads']} thread{'s' * (env['threads'] != 1)}")
     if env.get("host"):
         bits.append(f"host {env['host']}")
@@ -325,6 +328,7 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
     n, bs = len(data.x_train), cfg["batch_size"]
     history, status, t0 = [], "ok", time.perf_counter()
     resumed_at: list[int] = []
+    segment_threads: list[int | None] = []  # thread count of each earlier segment of a resumed run
     step_no, epoch = 0, 0
     if ck is not None:
         opt.load_state_dict(ck["opt"])
@@ -336,6 +340,8 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
             torch.cuda.set_rng_state(ck["cuda_rng"], dev)
         history, step_no, epoch = ck["history"], ck["step_no"], ck["epoch"]
         resumed_at = ck["resumed_at"] + [epoch]
+        # checkpoints written before session 31 did not keep their segments' thread counts: None
+        segment_threads = ck.get("segment_threads", [None] * len(ck["resumed_at"])) + [ck.get("threads")]
         t0 -= ck["seconds"]
         if progress is not None and epoch:
             progress(epoch * -(-n // bs))
@@ -348,6 +354,7 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
             "sched": sched.state_dict() if sched is not None else None, "shuffle": shuffle.get_state(),
             "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
             "history": history, "step_no": step_no, "epoch": epoch, "resumed_at": resumed_at,
+            "segment_threads": segment_threads, "threads": torch.get_num_threads(),
             "seconds": time.perf_counter() - t0})
         last_save = time.perf_counter()
 
@@ -424,8 +431,10 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
               "env": {"device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "host": platform.node(), "seconds": round(time.perf_counter() - t0, 2)}}
     record["env"].update({"gpu": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {"cpu": cpu_model()})
-    if resumed_at:
+    if resumed_at:  # trained in segments: the epochs it resumed at and each segment's thread count (the last
+        # is env.threads; None: a checkpoint from before session 31, which did not keep it)
         record["env"]["resumed_at_epochs"] = resumed_at
+        record["env"]["threads_by_segment"] = segment_threads + [torch.get_num_threads()]
     model._repro_rule = rule  # keeps the rule's tensors reachable for saving
     return RunResult(record["key"], record, model)
 
@@ -633,6 +642,8 @@ def sweep(configs: list[dict], store: RunStore, device: str = "auto", workers: i
 
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers={workers!r} must be a positive integer")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ConfigError(f"threads={threads!r} must be a positive integer (torch threads per run)")
     records: list[dict | None] = [store.get(c) for c in configs]
     pending = [i for i, r in enumerate(records) if r is None]
     todo = {}

@@ -208,6 +208,23 @@ def test_cli_sweep_passes_restore_weights_to_the_section(monkeypatch):
     assert seen == [(True, {"dataset": "mnist"}), (False, {"dataset": "mnist"})]
 
 
+def test_cli_sweep_threads_reach_the_sweep_and_bad_counts_are_one_line(monkeypatch, capsys):
+    """``--threads N`` (else params' ``threads``, REPRO_THREADS, 1) is each run's torch thread count."""
+    from repro.__main__ import main
+    from repro import figures
+    from repro.figures.common import load_params
+    root = Path(__file__).resolve().parents[1]
+    seen = []
+    monkeypatch.setitem(figures.SECTIONS, "ftp_table", lambda section, P, results, only=None: seen.append(P["threads"]))
+    monkeypatch.delenv("REPRO_THREADS", raising=False)
+    assert main(["sweep", "ftp_table", "--threads", "2"]) in (0, None) and main(["sweep", "ftp_table"]) in (0, None)
+    monkeypatch.setenv("REPRO_THREADS", "3")
+    assert main(["sweep", "ftp_table"]) in (0, None) and seen == [2, 1, 3]
+    assert load_params("ftp_table", root / "params.yaml")["threads"] == 3
+    with pytest.raises(ConfigError, match="threads=0 must be a positive integer"):
+        sweep([cfg()], RunStore(Path("/nonexistent/r"), Path("/nonexistent/w")), threads=0, progress=False)
+
+
 def test_alignment_is_one_for_bp_and_measured_on_pre_update_weights(tiny):
     rec = T.train(cfg({"name": "bp"}, align_every=1, epochs=1)).record
     assert all(abs(c - 1) < 1e-5 for c in rec["history"][1]["align_cos"])
@@ -340,9 +357,40 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_bitwise(tiny, tmp_path
     assert torch.load(ck, weights_only=False)["epoch"] == 2
     resumed = T.train(c, checkpoint=ck, checkpoint_every=1e-9)
     assert resumed.record["env"]["resumed_at_epochs"] == [2]
+    n = torch.get_num_threads()
+    assert resumed.record["env"]["threads_by_segment"] == [n, n]
     assert metrics(resumed.record) == metrics(straight.record)
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_a_resumed_run_names_each_segments_thread_count(tiny, tmp_path):
+    """A run begun on 2 threads and resumed on 1 records both counts (``env.threads_by_segment``; env.threads is
+    the last) and says so when described; a checkpoint from before the counts were kept gives None for its
+    segments."""
+    from repro.train import describe_env, torch_threads
+    c = cfg(epochs=3)
+    ck = tmp_path / "run.ckpt"
+
+    class Killed(Exception):
+        pass
+    seen = []
+
+    def kill_in_epoch_2(_steps):
+        seen.append(1)
+        if len(seen) == 2:
+            raise Killed
+    with torch_threads(2), pytest.raises(Killed):
+        T.train(c, checkpoint=ck, checkpoint_every=1e-9, progress=kill_in_epoch_2)
+    state = torch.load(ck, weights_only=False)
+    assert state["threads"] == 2 and state["segment_threads"] == []
+    torch.save({k: v for k, v in state.items() if k not in ("threads", "segment_threads")}, tmp_path / "old.ckpt")
+    with torch_threads(1):
+        env = T.train(c, checkpoint=ck, checkpoint_every=1e-9).record["env"]
+        old = T.train(c, checkpoint=tmp_path / "old.ckpt", checkpoint_every=1e-9).record["env"]
+    assert env["resumed_at_epochs"] == [1] and env["threads_by_segment"] == [2, 1] and env["threads"] == 1
+    assert "threads by segment 2/1" in describe_env(env)
+    assert old["threads_by_segment"] == [None, 1] and "threads by segment ?/1" in describe_env(old)
 
 
 def test_store_deletes_the_checkpoint_of_a_finished_run_and_ignores_a_foreign_one(tiny, tmp_path):

@@ -16,7 +16,7 @@ from ..train import RunStore, run_key, sweep
 
 
 def load_params(section: str, params_file: str | Path = "params.yaml", overrides: dict | None = None) -> dict:
-    """One figure's params (plus the global ``device`` and ``workers``), with dotted-key overrides."""
+    """One figure's params (plus the global ``device``, ``workers`` and ``threads``), with dotted-key overrides."""
     p = Path(params_file)
     if not p.is_file():
         raise ConfigError(f"params_file={str(p)!r} does not exist")
@@ -26,6 +26,8 @@ def load_params(section: str, params_file: str | Path = "params.yaml", overrides
     out = dict(allp[section])
     out.setdefault("device", os.environ.get("REPRO_DEVICE", allp.get("device", "auto")))
     out.setdefault("workers", int(os.environ.get("REPRO_WORKERS", allp.get("workers", 1))))
+    # torch threads per run (default 1: the runs' digits do not depend on the core count; README, *Threads*)
+    out.setdefault("threads", int(os.environ.get("REPRO_THREADS", allp.get("threads", 1))))
     for k, v in (overrides or {}).items():
         d = out
         *head, last = k.split(".")
@@ -54,7 +56,8 @@ def run_all(jobs: list[dict], store: RunStore, P: dict, desc: str) -> list[dict]
     ``P["restore_weights"]`` (set by ``python -m repro sweep --restore-weights``, never in params.yaml): then
     retrain each finished run whose weights this store lacks (a fresh clone, an older checkout) for them,
     one after another (``RunStore.restore_weights``: on the CPU its history equals the record's bitwise)."""
-    recs = sweep([j["config"] for j in jobs], store, device=P["device"], workers=P["workers"], desc=desc)
+    recs = sweep([j["config"] for j in jobs], store, device=P["device"], workers=P["workers"],
+                 threads=P.get("threads", 1), desc=desc)
     if P.get("restore_weights"):
         keys = {run_key(j["config"]): j["config"] for j in jobs}
         missing = [k for k in keys if not (store.weights / f"{k}.pt").is_file()]
