@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_flatten
 
 from .models import MLP
 from .rules import Batch, make_rule
-from .train import cpu_model, evaluate, make_optimizer, resolve_device
+from .train import cpu_capability, cpu_model, evaluate, make_optimizer, resolve_device
 
 AUTHORS_EPOCH_S = 31.5  # F³ authors' code, MNIST d=1 w=500 batch 50, on this 2-core machine (issue #2)
 RULES = ["bp", "dfa", "drtp", "f3", "pepita", "ftp"]
@@ -196,7 +196,7 @@ def run(quick: bool = False, device: str = "auto") -> dict:
             foton.append({"layers": layers, "rule": r, **res, "time_vs_bp": res["ms_per_step"] / base["ms_per_step"],
                           "mem_vs_bp": res["peak_mb"] / base["peak_mb"]})
     return {"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cpu": cpu_model(), "data": src, "steps_timed": steps,
+            "cpu": cpu_model(), "cpu_capability": cpu_capability(), "data": src, "steps_timed": steps,
             "rows": rows, "full_epoch_s": epochs, "authors_epoch_s": AUTHORS_EPOCH_S, "foton": foton,
             "ffzero": ffzero_rows(x, y, dev, steps)}
 

@@ -254,9 +254,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_capability() -> str:
+    """The instruction set torch's CPU kernels dispatch to here ("AVX512", "AVX2", "DEFAULT", …): two hosts with
+    the same CPU name can differ in it, and with it in a run's low bits (README, *Threads, not denormals*)."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # older torch
+        return "unknown"
+
+
 def describe_env(env: dict) -> str:
     """Where a run was trained, in a few words: device, the chip's model when recorded, threads, host."""
-    bits = [str(env.get("device", "?"))] + [env[k] for k in ("gpu", "cpu") if env.get(k)]
+    bits = [str(env.get("device", "?"))] + [env[k] for k in ("gpu", "cpu", "cpu_capability") if env.get(k)]
     seg = env.get("threads_by_segment") or []
     if len(set(seg)) > 1:  # a resumed run whose segments ran on different (or unknown) thread counts
         bits.append("threads by segment " + "/".join("?" if t is None else str(t) for t in seg))
@@ -430,7 +439,8 @@ def train(cfg: dict, device: str = "auto", data: data_mod.Data | None = None, pr
     record = {"key": key, "config": cfg, "status": status, "summary": summary, "history": history,
               "env": {"device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "host": platform.node(), "seconds": round(time.perf_counter() - t0, 2)}}
-    record["env"].update({"gpu": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {"cpu": cpu_model()})
+    record["env"].update({"gpu": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else
+                         {"cpu": cpu_model(), "cpu_capability": cpu_capability()})
     if resumed_at:  # trained in segments: the epochs it resumed at and each segment's thread count (the last
         # is env.threads; None: a checkpoint from before session 31, which did not keep it)
         record["env"]["resumed_at_epochs"] = resumed_at

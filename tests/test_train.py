@@ -428,6 +428,8 @@ def test_an_in_process_sweep_trains_on_the_sweeps_thread_count_not_the_callers(t
         torch.set_num_threads(old)
     assert one["env"]["threads"] == 1 and two["env"]["threads"] == 2
     assert one["env"]["cpu"] and "gpu" not in one["env"]
+    assert one["env"]["cpu_capability"] == T.cpu_capability() == str(torch.backends.cpu.get_cpu_capability())
+    assert one["env"]["cpu_capability"] in T.describe_env(one["env"])
     assert T.describe_env(one["env"]).startswith("cpu, ") and "1 thread, host " in T.describe_env(one["env"])
 
 
