@@ -341,6 +341,14 @@ LEVELS = {"weights": {"weights": True},
              for k in SIGNAL_KINDS}}
 
 
+def bits_axis(ax, values) -> None:
+    """A bit-width (or bit-count) x axis: log₂ scale, a tick at every value present, most bits on the left."""
+    ticks = sorted(set(values))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.invert_xaxis()
+
+
 def _stable_gamma(P: dict, section: str) -> float | None:
     """``<section>.stable_gamma``: a γ at which the FTP readings train in float (our labelled addition; the
     spec's γ 0.2 does not train τ₁), or None (off)."""
@@ -563,10 +571,7 @@ def plot_master_copy(fin: pd.DataFrame, dataset: str, P: dict | None = None):
         sns.scatterplot(sub, x="bits", y="final_test_acc", hue="method", hue_order=order, s=16, alpha=0.6,
                         legend=False, ax=ax)
         mark_diverged(ax, sub, "bits")
-        ax.set_xscale("log", base=2)
-        ticks = sorted(set(d.bits))
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.invert_xaxis()
+        bits_axis(ax, d.bits)
     g.set_titles("{col_name}", size=9)
     g.set_axis_labels("bits (32 = float)", "final test accuracy (%)")
     seeds = sorted(set(mc.seed))
@@ -710,10 +715,7 @@ def plot_sparsity(sp: pd.DataFrame, dataset: str, steps: int):
     g = sns.relplot(d, x="bits", y="percent", hue="method", col="layer", row="what", kind="line", marker="o",
                     height=2.6, aspect=1.2, facet_kws={"sharey": False})
     for ax in g.axes.flat:
-        ax.set_xscale("log", base=2)
-        ticks = sorted(set(d.bits))
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.invert_xaxis()
+        bits_axis(ax, d.bits)
     g.set_titles("{row_name}, layer {col_name}", size=8)
     g.set_axis_labels("bits (32 = float)", "% of the layer's weights")
     g.figure.suptitle(f"Updates zeroed by rounding, {dataset}: first {steps} steps from the runs' own init "
@@ -733,10 +735,7 @@ def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
         sns.scatterplot(d[d.level == level], x="bits", y="final_test_acc", hue="method", hue_order=order, s=16,
                         alpha=0.6, legend=False, ax=ax)
         mark_diverged(ax, d[d.level == level], "bits")
-        ax.set_xscale("log", base=2)
-        ticks = sorted(set(d.bits))
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.invert_xaxis()
+        bits_axis(ax, d.bits)
     g.set_axis_labels("bits (32 = float)", "final test accuracy (%)")
     ctx = [m for m in order if m in ("PEPITA", "DRTP")]  # not in the claims
     g.figure.suptitle(f"FTP vs BP{' (' + ', '.join(ctx) + ': context)' if ctx else ''} under quantisation, {dataset}\n"
@@ -845,10 +844,7 @@ def plot_noise(fin: pd.DataFrame, dataset: str, P: dict | None = None):
                         legend=False, ax=ax)
         mark_diverged(ax, sub, "value")
         if NOISE_KINDS[kind][2] == 32:  # bit widths: fewer bits to the right
-            ticks = sorted(set(sub.value))
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-            ax.invert_xaxis()
+            bits_axis(ax, sub.value)
         ax.set_title(NOISE_KINDS[kind][0], fontsize=10)
         ax.set_xlabel(kind)
         ax.set_ylabel("final test accuracy (%)" if ax is axes[0][0] else "")
