@@ -76,7 +76,8 @@ class Hardware:
       after the optimizer step minus what was stored) is added to the copy, and the copy, rounded as above,
       is what is stored (write noise then lands on the stored tensor only). Rounding noise then no longer
       accumulates in the weights (README #5: why BP collapses at ≤ 4 bits without one). The copies belong to
-      this object, so they travel with the model in a checkpoint;
+      this object, so they travel with the model in a checkpoint; another group of trained tensors (a layer-wise
+      rule's next phase) starts its own copy from the tensors as they are;
     - ``activations``: every hidden activation of every forward pass is rounded to the grid (with a
       straight-through gradient when autograd is on); ``read_noise`` (ρ) perturbs W in every pass;
     - ``signals``: learning signals are rounded — ``true`` for every kind in :data:`SIGNAL_KINDS`
@@ -111,6 +112,7 @@ class Hardware:
         self.bits = c["bits"]
         self._master: list[torch.Tensor] | None = None  # master_copy: the float copies, in ``params`` order
         self._stored: list[torch.Tensor] | None = None  # ... and what was stored after the last step
+        self._ids: list[int] | None = None  # ... of which tensors (their ids; None right after unpickling)
 
     def q(self, x: torch.Tensor) -> torch.Tensor:
         return quantize(x, self.bits, "nearest")
@@ -137,12 +139,12 @@ class Hardware:
         params = list(params)
         master = self.cfg["master_copy"] and self.bits < 32
         if master:
-            if self._master is None:  # first step: the weights were float (the init) until this update
+            ids = [id(p) for p in params]
+            if self._master is None or (self._ids is not None and ids != self._ids):
+                # first step (the weights were float, the init, until this update), or another group of tensors
+                # (a layer-wise rule's next phase): the copy starts from the tensors as they are now
                 self._master = [p.detach().clone() for p in params]
             else:  # add this step's update (the tensor now minus what was stored) to the float copy
-                if len(self._master) != len(params):
-                    raise RuntimeError(f"hardware.master_copy: {len(params)} trained tensors, "
-                                       f"{len(self._master)} copies kept")
                 for p, m, s in zip(params, self._master, self._stored):
                     m.add_(p - s)
                     p.copy_(m)
@@ -153,3 +155,8 @@ class Hardware:
                 p.copy_(write_noise(p, self.cfg["write_noise"]))
         if master:
             self._stored = [p.detach().clone() for p in params]
+            self._ids = ids
+
+    def __getstate__(self) -> dict:
+        # a checkpoint: the tensors' ids do not survive unpickling; the next step adopts the resumed model's
+        return {**self.__dict__, "_ids": None}

@@ -141,6 +141,14 @@ def test_master_copy_keeps_the_exact_float_sum_and_stores_it_rounded():
         torch.testing.assert_close(m, start + total, atol=1e-6, rtol=0)
         assert torch.equal(stored, p.detach())
         assert not torch.allclose(p.detach(), m, atol=1e-4)  # rounded (and noisy); the copy is not
+    other = torch.nn.Parameter(torch.randn(5, 7))  # another group of the same shape (a layer-wise rule's next phase)
+    o0 = other.detach().clone()
+    hw.after_step([other])
+    assert torch.equal(hw._master[0], o0)  # the copy starts from the new group as it is, not from p's copy
+    assert torch.equal(hw._stored[0], other.detach()) and not torch.equal(other.detach(), o0)
+    import pickle
+    back = pickle.loads(pickle.dumps(hw))  # a checkpoint: the copy travels, the ids do not
+    assert back._ids is None and torch.equal(back._master[0], hw._master[0]) and hw._ids is not None
     plain = Hardware({"bits": 4, "weights": True})
     q = torch.nn.Parameter(torch.randn(5, 7))
     w = q.detach().clone()
