@@ -160,3 +160,9 @@ class Hardware:
     def __getstate__(self) -> dict:
         # a checkpoint: the tensors' ids do not survive unpickling; the next step adopts the resumed model's
         return {**self.__dict__, "_ids": None}
+
+    def __setstate__(self, state: dict) -> None:
+        # a checkpoint written before a setting existed (e.g. master_copy, session 31): its default, which is
+        # what that run trained with
+        self.__dict__.update({"_master": None, "_stored": None, "_ids": None, **state})
+        self.cfg = {**HARDWARE_DEFAULTS, **self.cfg}

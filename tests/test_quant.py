@@ -149,6 +149,14 @@ def test_master_copy_keeps_the_exact_float_sum_and_stores_it_rounded():
     import pickle
     back = pickle.loads(pickle.dumps(hw))  # a checkpoint: the copy travels, the ids do not
     assert back._ids is None and torch.equal(back._master[0], hw._master[0]) and hw._ids is not None
+    old = Hardware({"bits": 4, "weights": True})  # as pickled in a checkpoint from before master_copy existed
+    for k in ("_master", "_stored", "_ids"):
+        del old.__dict__[k]
+    del old.cfg["master_copy"]
+    resumed = pickle.loads(pickle.dumps(old))
+    q0 = torch.nn.Parameter(torch.randn(5, 7))
+    resumed.after_step([q0])
+    assert resumed.cfg["master_copy"] is False and resumed._master is None
     plain = Hardware({"bits": 4, "weights": True})
     q = torch.nn.Parameter(torch.randn(5, 7))
     w = q.detach().clone()
