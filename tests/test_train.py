@@ -335,6 +335,21 @@ RESUMABLE = [
 ]
 
 
+def _train_killed_in_epoch(c: dict, ck: Path, epoch: int) -> None:
+    """Train ``c`` with a checkpoint after every epoch and kill it in epoch ``epoch`` (at its progress report,
+    before that epoch's checkpoint): the checkpoint holds epoch ``epoch - 1``."""
+    class Killed(Exception):
+        pass
+    seen = []
+
+    def kill(_steps):
+        seen.append(1)
+        if len(seen) == epoch:
+            raise Killed
+    with pytest.raises(Killed):
+        T.train(c, checkpoint=ck, checkpoint_every=1e-9, progress=kill)
+
+
 @pytest.mark.parametrize("rule,model,extra", RESUMABLE, ids=lambda v: v.get("name", "") if isinstance(v, dict) else "")
 def test_a_run_killed_mid_way_resumes_from_its_checkpoint_bitwise(tiny, tmp_path, rule, model, extra):
     """A run killed after epoch 2 of 4 goes on from its checkpoint and ends bitwise equal (history and
@@ -343,17 +358,7 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_bitwise(tiny, tmp_path
     c = cfg(rule, model={"width": 8, "depth": 2, **model}, epochs=4, **extra)
     straight = T.train(c)
     ck = tmp_path / "run.ckpt"
-
-    class Killed(Exception):
-        pass
-    epochs_seen = []
-
-    def kill_in_epoch_3(_steps):
-        epochs_seen.append(1)
-        if len(epochs_seen) == 3:
-            raise Killed
-    with pytest.raises(Killed):
-        T.train(c, checkpoint=ck, checkpoint_every=1e-9, progress=kill_in_epoch_3)
+    _train_killed_in_epoch(c, ck, 3)
     assert torch.load(ck, weights_only=False)["epoch"] == 2
     resumed = T.train(c, checkpoint=ck, checkpoint_every=1e-9)
     assert resumed.record["env"]["resumed_at_epochs"] == [2]
@@ -371,17 +376,8 @@ def test_a_resumed_run_names_each_segments_thread_count(tiny, tmp_path):
     from repro.train import describe_env, torch_threads
     c = cfg(epochs=3)
     ck = tmp_path / "run.ckpt"
-
-    class Killed(Exception):
-        pass
-    seen = []
-
-    def kill_in_epoch_2(_steps):
-        seen.append(1)
-        if len(seen) == 2:
-            raise Killed
-    with torch_threads(2), pytest.raises(Killed):
-        T.train(c, checkpoint=ck, checkpoint_every=1e-9, progress=kill_in_epoch_2)
+    with torch_threads(2):
+        _train_killed_in_epoch(c, ck, 2)
     state = torch.load(ck, weights_only=False)
     assert state["threads"] == 2 and state["segment_threads"] == []
     torch.save({k: v for k, v in state.items() if k not in ("threads", "segment_threads")}, tmp_path / "old.ckpt")

@@ -381,9 +381,9 @@ def quantized_jobs(P: dict, dataset: str) -> list[dict]:
         if bad:
             raise ConfigError(f"ftp_quantized.{name}: {bad} unknown; allowed: {', '.join(LEVELS)}")
 
-    def grid(part, seeds, levels, bits, methods, keep=lambda m, seed: True, Q=P, **meta):
+    def grid(part, seeds, levels, bits, methods, keep=lambda m, seed: True, Q=P, hw=None, **meta):
         return [_fc_job(Q, dataset, m, seed, bits=b, level=level, part=part, **meta,
-                        hardware={"bits": b, **LEVELS[level], "weight_rounding": P["weight_rounding"]}
+                        hardware={"bits": b, **LEVELS[level], "weight_rounding": P["weight_rounding"], **(hw or {})}
                         if b < 32 else None)
                 for seed in seeds for level in levels for b in bits for m in methods if keep(m, seed)]
     # the sweep's context methods (PEPITA, DRTP) may run fewer seeds (seeds_by_method; cost)
@@ -397,17 +397,12 @@ def quantized_jobs(P: dict, dataset: str) -> list[dict]:
         jobs += grid("signal_ablation", A.get("seeds", P["seeds"]), A["levels"], A["bits"], A["methods"])
     M = _master_copy(P)
     if M:  # the full level again with a float master copy of the weights (our labelled variant; BP included)
-
-        def mc_grid(part, methods, Q=P, **meta):
-            return [_fc_job(Q, dataset, m, seed, bits=b, level="full", part=part, **meta,
-                            hardware={"bits": b, **LEVELS["full"], "weight_rounding": P["weight_rounding"],
-                                      "master_copy": True})
-                    for seed in M["seeds"] for b in M["bits"] for m in methods]
         methods = [m for m in M["methods"] if m in P["methods"]]
-        jobs += mc_grid("master_copy", methods)
+        mc = {"hw": {"master_copy": True}}
+        jobs += grid("master_copy", M["seeds"], ["full"], M["bits"], methods, **mc)
         if g is not None:
-            jobs += mc_grid("master_copy_stable_gamma", [m for m in methods if m in dict(READINGS)],
-                            Q={**P, "gamma": g}, gamma=g)
+            jobs += grid("master_copy_stable_gamma", M["seeds"], ["full"], M["bits"],
+                         [m for m in methods if m in dict(READINGS)], Q={**P, "gamma": g}, gamma=g, **mc)
     return jobs
 
 
@@ -498,10 +493,9 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
     at another γ) gets the same numbers and checks under ``stable_gamma``, against the sweep's BP runs."""
     ablation = quantized_stats(fin, "signal_ablation")
     stable = part_of(fin, "stable_gamma")
-    full_fin = fin
+    mc = master_copy_metrics(fin)  # its float points are the sweep's and the stable part's
     fin = part_of(fin)
     acc, sd = _means(quantized_stats(fin))
-    acc_stable = _means(quantized_stats(stable, "stable_gamma"))[0].get("full", {}) if len(stable) else {}
     out = {"final_test_acc": acc, "final_test_acc_sd": sd, "seeds": sorted(int(s) for s in set(fin.seed)),
            "diverged": {lvl: _diverged(d) for lvl, d in fin.groupby("level")}}
     full = acc.get("full", {})
@@ -512,7 +506,6 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
                                "final_test_acc_sd": s_sd, "seeds": sorted(int(s) for s in set(stable.seed)),
                                "diverged": {lvl: _diverged(d) for lvl, d in stable.groupby("level")},
                                **_robustness(s_acc.get("full", {}), full.get("BP", {}))}
-    mc = master_copy_metrics(full_fin, full, acc_stable)
     if mc:
         out["master_copy"] = mc
     if len(ablation):  # level → method → bits → {mean, std, min, max, n}
@@ -523,30 +516,34 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
     return out
 
 
-def master_copy_metrics(fin: pd.DataFrame, full: dict, full_stable: dict) -> dict:
+def master_copy_metrics(fin: pd.DataFrame) -> dict:
     """The ``master_copy`` parts (:func:`_master_copy`): mean (sd) final accuracy per method and bit width, and
     the claims' checks (:func:`_robustness`) with the copy — each method's drop from its own float run (32 bits:
     the sweep's, and the ``stable_gamma`` part's for the readings at that γ; a copy changes nothing in float)
-    against BP's drop with the copy. ``full`` / ``full_stable``: the sweep's / stable part's ``full``-level
-    means. {} when the parts did not run."""
+    against BP's drop with the copy (BP has no γ: the readings at stable_gamma are compared with the same BP
+    runs). {} when the parts did not run."""
+    def full_means(part):
+        acc, sd = _means(quantized_stats(fin, part))
+        return acc.get("full", {}), sd.get("full", {})
+    floats = {"master_copy": full_means("sweep")[0], "master_copy_stable_gamma": full_means("stable_gamma")[0]}
+
+    def with_32(part, m, accs):  # a method's accuracies with the copy, beside its float (32-bit) run
+        f = floats[part].get(m, {})
+        return {**({"32": f["32"]} if "32" in f else {}), **accs}
+    bp = with_32("master_copy", "BP", full_means("master_copy")[0].get("BP", {}))
     out: dict = {}
-    # BP with the copy (it has no γ: the readings at stable_gamma are compared with the same runs)
-    bp = {**({"32": full["BP"]["32"]} if "32" in full.get("BP", {}) else {}),
-          **_means(quantized_stats(part_of(fin, "master_copy"), "master_copy"))[0].get("full", {}).get("BP", {})}
-    for part, floats, into in (("master_copy", full, out), ("master_copy_stable_gamma", full_stable, None)):
+    for part in ("master_copy", "master_copy_stable_gamma"):
         rows = part_of(fin, part)
         if not len(rows):
             continue
-        acc, sd = _means(quantized_stats(rows, part))
-        acc, sd = acc.get("full", {}), sd.get("full", {})
-        readings = {m: {**({"32": floats[m]["32"]} if "32" in floats.get(m, {}) else {}), **v}
-                    for m, v in acc.items() if m != "BP"}
+        acc, sd = full_means(part)
         res = {"final_test_acc": acc, "final_test_acc_sd": sd, "seeds": sorted(int(x) for x in set(rows.seed)),
-               "diverged": int((rows.status != "ok").sum()), **_robustness(readings, bp)}
-        if into is None:
-            out["stable_gamma"] = {"gamma": float(rows.gamma.iloc[0]), **res}
-        else:
+               "diverged": int((rows.status != "ok").sum()),
+               **_robustness({m: with_32(part, m, v) for m, v in acc.items() if m != "BP"}, bp)}
+        if part == "master_copy":
             out.update(res)
+        else:
+            out["stable_gamma"] = {"gamma": float(rows.gamma.iloc[0]), **res}
     return out
 
 
