@@ -71,11 +71,13 @@ class Hardware:
 
     - ``weights``: after every optimizer step the trained weights are stored quantised (stochastic
       rounding by default; no float master copy), then ``write_noise`` (κ) is added;
-    - ``master_copy`` (our variant, off by default; needs ``weights``): a float copy of every trained tensor
-      is kept beside the stored one, as mixed-precision training keeps one: each step's update (the tensor
-      after the optimizer step minus what was stored) is added to the copy, and the copy, rounded as above,
-      is what is stored (write noise then lands on the stored tensor only). Rounding noise then no longer
-      accumulates in the weights (README #5: why BP collapses at ≤ 4 bits without one). The copies belong to
+    - ``master_copy`` (our variant, off by default; needs ``weights`` with bits < 32, or ``write_noise``): a
+      float copy of every trained tensor is kept beside the stored one, as mixed-precision training keeps one:
+      each step's update (the tensor after the optimizer step minus what was stored) is added to the copy, and
+      the copy, rounded as above, is what is stored; write noise then lands on the stored tensor only (each
+      write programs the copy afresh, so programming errors do not add up over steps). Rounding and write
+      noise then no longer accumulate in the weights (README #5: why BP collapses at ≤ 4 bits, and under
+      write noise, without one). The copies belong to
       this object, so they travel with the model in a checkpoint; another group of trained tensors (a layer-wise
       rule's next phase) starts its own copy from the tensors as they are;
     - ``activations``: every hidden activation of every forward pass is rounded to the grid (with a
@@ -94,12 +96,13 @@ class Hardware:
         quantize(torch.zeros(1), c["bits"], c["weight_rounding"])  # validates bits and rounding
         if not isinstance(c["master_copy"], bool):
             raise ConfigError(f"hardware.master_copy={c['master_copy']!r} must be true or false")
-        if c["master_copy"] and not c["weights"]:
-            raise ConfigError("hardware.master_copy=true needs hardware.weights=true (a float copy of weights "
-                              "that are not stored rounded would be the weights themselves)")
         for k in ("write_noise", "read_noise"):
             if not isinstance(c[k], (int, float)) or c[k] < 0:
                 raise ConfigError(f"hardware.{k}={c[k]!r} must be a non-negative number")
+        if c["master_copy"] and not ((c["weights"] and c["bits"] < 32) or c["write_noise"] > 0):
+            raise ConfigError("hardware.master_copy=true needs weights stored rounded (hardware.weights=true, "
+                              "bits < 32) or written with noise (hardware.write_noise > 0): a float copy of "
+                              "weights stored exactly would be the weights themselves")
         sig = c["signals"]
         if isinstance(sig, bool):
             self.signals = frozenset(SIGNAL_KINDS if sig else ())
@@ -137,7 +140,7 @@ class Hardware:
     @torch.no_grad()
     def after_step(self, params) -> None:
         params = list(params)
-        master = self.cfg["master_copy"] and self.bits < 32
+        master = self.cfg["master_copy"]  # validated: the stored weights are rounded or written with noise
         if master:
             ids = [id(p) for p in params]
             if self._master is None or (self._ids is not None and ids != self._ids):

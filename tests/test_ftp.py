@@ -180,7 +180,8 @@ def test_noise_jobs_share_the_clean_run_and_reject_unknown_kinds():
     from repro.models import ConfigError
     from repro.train import run_key
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
-    P = {**load_params("ftp_noise", root / "params.smoke.yaml"), "stable_gamma": None}  # its part: own test
+    P = {**load_params("ftp_noise", root / "params.smoke.yaml"), "stable_gamma": None,  # its part: own test
+         "master_copy": None}  # also its own test
     jobs = F.noise_jobs(P, "mnist")
     clean = [j for j in jobs if j["value"] in (0.0, 32)]
     assert clean and all("hardware" not in j["config"] for j in clean)
@@ -330,7 +331,7 @@ def test_noise_stable_gamma_reruns_the_ftp_readings_and_is_judged_against_the_sw
     from repro.models import ConfigError
     from repro.train import run_key
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
-    N = {**load_params("ftp_noise", root / "params.yaml"), "seeds": [1], "stable_gamma": 0.05}
+    N = {**load_params("ftp_noise", root / "params.yaml"), "seeds": [1], "stable_gamma": 0.05, "master_copy": None}
     jobs = F.noise_jobs(N, "mnist")
     st = [j for j in jobs if j["part"] == "stable_gamma"]
     per_seed = sum(len(v) for v in N["noise"].values())
@@ -576,6 +577,80 @@ def test_master_copy_part_reruns_the_full_level_with_a_float_copy_and_is_checked
     assert s["gamma"] == 0.05 and s["ftp_os_drops_le4_bits"] == {"4": {F.FTP_OS: 0.5, "BP": 1.0}}
     assert s["ftp_os_degrades_less_than_bp_le4"] is True and "BP" not in s["final_test_acc"]
     assert "master_copy" not in F.quantized_metrics(pd.DataFrame(rows[:6]))
+
+
+def test_noise_master_copy_reruns_the_stored_kinds_with_a_copy_and_is_judged_against_bp_with_one():
+    """``ftp_noise.master_copy`` (our labelled variant): H1 write noise and H4 conductance levels (the kinds that
+    change the stored weights) again with ``hardware.master_copy`` at some of the sweep's values, for its methods
+    and seeds (the readings also at ``stable_gamma``); otherwise the sweep's configs. Its checks compare each
+    method's drop from its own clean run with BP's drop with the copy; bad settings are one line each."""
+    import pandas as pd
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    from repro.train import run_key
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    N = {**load_params("ftp_noise", root / "params.yaml"), "seeds": [1], "stable_gamma": 0.05,
+         "master_copy": {"kinds": {"write_noise": [0.02], "conductance_bits": [6, 4]}, "methods": ["BP", F.FTP_OS],
+                         "seeds": [1, 2]}}
+    jobs = F.noise_jobs(N, "mnist")
+    mc = [j for j in jobs if j["part"] == "master_copy"]
+    mcs = [j for j in jobs if j["part"] == "master_copy_stable_gamma"]
+    settings = [("write_noise", 0.02), ("conductance_bits", 6), ("conductance_bits", 4)]
+    assert sorted((j["method"], j["kind"], j["value"], j["seed"]) for j in mc) == sorted(
+        (m, k, v, s) for m in ("BP", F.FTP_OS) for k, v in settings for s in (1, 2))
+    assert sorted((j["method"], j["kind"], j["value"], j["seed"]) for j in mcs) == sorted(
+        (F.FTP_OS, k, v, s) for k, v in settings for s in (1, 2))
+    assert {j["config"]["rule"]["gamma"] for j in mcs} == {0.05} and {j["gamma"] for j in mcs} == {0.05}
+    sweep = {(j["part"], j["method"], j["kind"], j["value"], j["seed"]): j["config"] for j in jobs}
+    for j in mc + mcs:  # the sweep's run (same part's γ) plus the copy, nothing else
+        twin = sweep[("sweep" if j["part"] == "master_copy" else "stable_gamma", j["method"], j["kind"], j["value"], 1)]
+        assert j["config"]["hardware"] == {**twin["hardware"], "master_copy": True}
+        assert {**j["config"], "hardware": twin["hardware"], "seed": 1} == twin
+    assert len({run_key(j["config"]) for j in jobs}) == len(jobs) - sum(  # clean runs are shared across kinds
+        1 for j in jobs if "hardware" not in j["config"]) + len({run_key(j["config"]) for j in jobs
+                                                                if "hardware" not in j["config"]})
+    assert len(F.noise_jobs({**N, "master_copy": None}, "mnist")) == len(jobs) - len(mc) - len(mcs)
+    assert not [j for j in F.noise_jobs({**N, "stable_gamma": None}, "mnist") if j["part"] == "master_copy_stable_gamma"]
+    narrowed = F.noise_jobs({**N, "methods": ["BP", "FTP"]}, "mnist")  # the sweep narrowed narrows the copy too
+    assert {j["method"] for j in narrowed if j["part"].startswith("master_copy")} == {"BP"}
+    ok = {"methods": ["BP"], "seeds": [1]}
+    for bad, msg in (({"kinds": {"write_noise": [0.02]}}, "must be null or a mapping with exactly kinds, methods"),
+                     ({**ok, "kinds": {"read_noise": [0.1]}}, r"kinds=.* must map some of \['write_noise', "
+                                                              r"'conductance_bits'\] \(the kinds that change"),
+                     ({**ok, "kinds": {"write_noise": [0.03]}}, r"kinds\.write_noise=\[0\.03\] must be a "
+                                                                r"non-empty list of the sweep's noisy values"),
+                     ({**ok, "kinds": {"conductance_bits": [32]}}, r"kinds\.conductance_bits=\[32\]"),
+                     ({**ok, "kinds": {"write_noise": [0.02]}, "methods": ["SGD"]}, r"methods=\['SGD'\]: must be"),
+                     ({**ok, "kinds": {"write_noise": [0.02]}, "seeds": [True]}, r"seeds=\[True\] must be")):
+        with pytest.raises(ConfigError, match=r"ftp_noise\.master_copy.*" + msg):
+            F.noise_jobs({**N, "master_copy": bad}, "mnist")
+
+    def row(m, v, acc, part="sweep", seed=1, status="ok"):
+        return {"part": part, "kind": "write_noise", "method": m, "value": v, "seed": seed, "status": status,
+                "final_test_acc": acc, "gamma": 0.05 if "stable" in part else None}
+    rows = [row("BP", 0.0, 98.0), row("BP", 0.02, 10.0), row(F.FTP_OS, 0.0, 97.0), row(F.FTP_OS, 0.02, 11.0),
+            row("BP", 0.05, 10.0), row(F.FTP_OS, 0.05, 10.0),  # a sweep value the copy did not run: not compared
+            row(F.FTP_OS, 0.0, 96.0, "stable_gamma"), row(F.FTP_OS, 0.02, 20.0, "stable_gamma"),
+            row("BP", 0.02, 90.0, "master_copy"), row(F.FTP_OS, 0.02, 60.0, "master_copy"),
+            row(F.FTP_OS, 0.02, 10.0, "master_copy", seed=2, status="diverged"),
+            row(F.FTP_OS, 0.02, 93.0, "master_copy_stable_gamma")]
+    m = F.noise_metrics(pd.DataFrame(rows))
+    assert m["compared_at"]["write_noise"][F.FTP_OS] is None and m["ftp_os_more_robust_write_noise"] is False
+    c = m["master_copy"]
+    assert c["final_test_acc"] == {"write_noise": {"BP": {"0": 98.0, "0.02": 90.0}, F.FTP_OS: {"0": 97.0, "0.02": 35.0}}}
+    assert c["seeds"] == [1, 2] and c["diverged"] == {"write_noise": 1}
+    assert c["compared_at"]["write_noise"][F.FTP_OS] == 0.02 and c["ftp_os_more_robust_write_noise"] is False  # 62 > 8
+    s = c["stable_gamma"]  # against BP with the copy; its clean point is the stable part's run
+    assert s["gamma"] == 0.05 and s["seeds"] == [1] and s["diverged"] == {"write_noise": 0}
+    assert s["final_test_acc"] == {"write_noise": {F.FTP_OS: {"0": 96.0, "0.02": 93.0}}}
+    assert s["drop_at_harshest"]["write_noise"] == {"value": 0.02, "BP": 8.0, F.FTP_OS: 3.0}
+    assert s["ftp_os_more_robust_write_noise"] is True
+    assert "master_copy" not in F.noise_metrics(pd.DataFrame(rows[:8]))
+    fig = F.plot_noise_master_copy(pd.DataFrame(rows), "mnist", {**N, "epochs": 10})
+    ax = fig.axes[0]
+    assert ax.get_title().startswith("H1") and [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.02"]
+    __import__("matplotlib.pyplot").pyplot.close(fig)
 
 
 def test_paper_length_rows_are_the_table_rows_at_other_epochs_and_stay_out_of_the_table():

@@ -112,8 +112,11 @@ def test_bad_hardware_config(tiny):
         tiny.train(_cfg({"name": "bp"}, {"bit": 4}))
     with pytest.raises(ConfigError, match="bits=1"):
         tiny.train(_cfg({"name": "bp"}, {"bits": 1}))
-    with pytest.raises(ConfigError, match="hardware.master_copy=true needs hardware.weights=true"):
-        tiny.train(_cfg({"name": "bp"}, {"bits": 4, "master_copy": True}))
+    for hw in ({"bits": 4, "master_copy": True}, {"bits": 32, "weights": True, "master_copy": True},
+               {"read_noise": 0.1, "master_copy": True}):  # nothing stored inexactly: no copy to keep
+        with pytest.raises(ConfigError, match=r"hardware.master_copy=true needs weights stored rounded "
+                                              r"\(hardware.weights=true, bits < 32\) or written with noise"):
+            tiny.train(_cfg({"name": "bp"}, hw))
     with pytest.raises(ConfigError, match="hardware.master_copy='yes' must be true or false"):
         tiny.train(_cfg({"name": "bp"}, {"bits": 4, "weights": True, "master_copy": "yes"}))
 
@@ -164,6 +167,35 @@ def test_master_copy_keeps_the_exact_float_sum_and_stores_it_rounded():
     assert plain._master is None  # off by default: the stored weight is all there is
     k = q.detach() / (w.abs().max() / 7)
     torch.testing.assert_close(k, k.round(), atol=1e-4, rtol=0)
+
+
+def test_master_copy_under_write_noise_alone_stores_the_exact_sum_plus_one_fresh_error():
+    """Float weights written with noise (H1, no rounding) and a master copy: the copy is the exact sum of the
+    updates, and each stored weight is that copy plus one write's error — the errors do not add up over steps
+    as they do without the copy (where the stored weight is all there is)."""
+    from repro.quant import Hardware
+    kappa = 0.01
+    torch.manual_seed(0)
+    runs = {}
+    for copy in (True, False):
+        hw = Hardware({"write_noise": kappa, "master_copy": copy})
+        p = torch.nn.Parameter(torch.ones(40, 50))
+        start, total = None, torch.zeros(40, 50)
+        for k in range(200):
+            d = 1e-4 * torch.randn(40, 50)
+            with torch.no_grad():
+                p += d
+            if start is None:
+                start = p.detach().clone()
+            else:
+                total += d
+            hw.after_step([p])
+            if copy:
+                torch.testing.assert_close(hw._master[0], start + total, atol=1e-5, rtol=0)
+        runs[copy] = (p.detach() - (start + total)).std().item()  # how far the stored weight is off the sum
+    # with the copy: one write's error, κ·max|W| (max|W| ≈ 1 + a few κ); without: ≈ √200 of them
+    assert 0.8 * kappa < runs[True] < 1.5 * kappa
+    assert runs[False] > 8 * kappa
 
 
 def test_master_copy_lets_4bit_bp_keep_updates_that_plain_storage_rounds_away(tiny):

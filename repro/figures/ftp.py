@@ -421,6 +421,11 @@ def _master_copy(P: dict) -> dict | None:
     if not M["bits"] or not all(isinstance(b, int) and not isinstance(b, bool) and 2 <= b < 32 for b in M["bits"]):
         raise ConfigError(f"{name}.bits={M['bits']!r} must be a non-empty list of integers 2 … 31 "
                           "(32 bits is float: the sweep's runs, the same with or without a copy)")
+    return _master_copy_methods_seeds(P, M, name)
+
+
+def _master_copy_methods_seeds(P: dict, M: dict, name: str) -> dict:
+    """A ``master_copy`` section's ``methods`` (FC methods) and ``seeds`` (integers), checked; ``M`` back."""
     known = list(_fc_rules(P))
     if not M["methods"] or [m for m in M["methods"] if m not in known]:
         raise ConfigError(f"{name}.methods={M['methods']!r}: must be a non-empty list of FC methods ({known})")
@@ -753,22 +758,63 @@ NOISE_KINDS = {
 }
 
 
+# the kinds that change the stored weights, which a float master copy can keep exact (the others act on reads)
+STORED_KINDS = ("write_noise", "conductance_bits")
+
+
 def noise_jobs(P: dict, dataset: str) -> list[dict]:
     """Each kind of ``P['noise']`` swept over its values for every method (FC net, PEPITA's training), part
-    ``sweep``; with ``stable_gamma`` the FTP readings again at that γ (part ``stable_gamma``)."""
+    ``sweep``; with ``stable_gamma`` the FTP readings again at that γ (part ``stable_gamma``); with
+    ``master_copy`` (:func:`_noise_master_copy`) its kinds' values again with ``hardware.master_copy`` (parts
+    ``master_copy`` and, for the readings at ``stable_gamma``, ``master_copy_stable_gamma``)."""
     bad = set(P["noise"]) - set(NOISE_KINDS)
     if bad:
         raise ConfigError(f"ftp_noise.noise: unknown kind(s) {sorted(bad)}; allowed: {sorted(NOISE_KINDS)}")
 
-    def grid(Q, methods, part, **meta):
+    def grid(Q, methods, part, noise=P["noise"], hw=None, seeds=P["seeds"], **meta):
         return [_fc_job(Q, dataset, m, seed, kind=kind, value=v, part=part, **meta,
-                        hardware=NOISE_KINDS[kind][1](v) if v != NOISE_KINDS[kind][2] else None)
-                for seed in P["seeds"] for kind, values in P["noise"].items() for v in values for m in methods]
+                        hardware={**NOISE_KINDS[kind][1](v), **(hw or {})} if v != NOISE_KINDS[kind][2] else None)
+                for seed in seeds for kind, values in noise.items() for v in values for m in methods]
     jobs = grid(P, P["methods"], "sweep")
     g = _stable_gamma(P, "ftp_noise")
+    readings = [m for m in P["methods"] if m in dict(READINGS)]
     if g is not None:
-        jobs += grid({**P, "gamma": g}, [m for m in P["methods"] if m in dict(READINGS)], "stable_gamma", gamma=g)
+        jobs += grid({**P, "gamma": g}, readings, "stable_gamma", gamma=g)
+    M = _noise_master_copy(P)
+    if M:  # the weight-storing kinds again with a float master copy (our labelled variant; BP included)
+        methods = [m for m in M["methods"] if m in P["methods"]]
+        mc = {"noise": M["kinds"], "hw": {"master_copy": True}, "seeds": M["seeds"]}
+        jobs += grid(P, methods, "master_copy", **mc)
+        if g is not None:
+            jobs += grid({**P, "gamma": g}, [m for m in methods if m in readings], "master_copy_stable_gamma",
+                         gamma=g, **mc)
     return jobs
+
+
+def _noise_master_copy(P: dict) -> dict | None:
+    """``ftp_noise.master_copy`` (our variant, labelled; not in the spec): ``kinds`` (a mapping from H1
+    ``write_noise`` and/or H4 ``conductance_bits`` to some of the sweep's noisy values of that kind), ``methods``
+    (of the sweep's) and ``seeds``, run again with ``hardware.master_copy`` — a float copy of every weight, so that
+    programming errors and rounding land on the stored weight of each write and do not add up (repro/quant.py);
+    the FTP readings among the methods also at ``stable_gamma`` when that is set. None or {} = off."""
+    M = P.get("master_copy")
+    if not M:
+        return None
+    name = "ftp_noise.master_copy"
+    if not isinstance(M, dict) or set(M) != {"kinds", "methods", "seeds"}:
+        raise ConfigError(f"{name}={M!r} must be null or a mapping with exactly kinds, methods and seeds")
+    K = M["kinds"]
+    if not isinstance(K, dict) or not K or set(K) - set(STORED_KINDS):
+        raise ConfigError(f"{name}.kinds={K!r} must map some of {list(STORED_KINDS)} (the kinds that change the "
+                          "stored weights; read noise and ADC bits act on reads, where a copy changes nothing) "
+                          "to lists of values")
+    for kind, values in K.items():
+        noisy = [v for v in P["noise"].get(kind, []) if v != NOISE_KINDS[kind][2]]
+        if not isinstance(values, list) or not values or [v for v in values if v not in noisy]:
+            raise ConfigError(f"{name}.kinds.{kind}={values!r} must be a non-empty list of the sweep's noisy "
+                              f"values of {kind} ({noisy}): each is compared with the same setting stored "
+                              "without a copy")
+    return _master_copy_methods_seeds(P, M, name)
 
 
 def run_noise(P: dict, dataset: str, results: str = "results"):
@@ -787,14 +833,56 @@ def noise_metrics(fin: pd.DataFrame) -> dict:
     The ``stable_gamma`` part (the FTP readings at another γ) gets the same numbers and checks under
     ``stable_gamma``, against the sweep's BP runs (BP has no γ)."""
     stable = part_of(fin, "stable_gamma")
+    mc = noise_master_copy_metrics(fin)
     fin = part_of(fin)
     out = _noise_checks(fin)
     if len(stable):
-        s = _noise_checks(pd.concat([fin[fin.method == "BP"], stable], ignore_index=True))
-        s["final_test_acc"] = {k: {m: v for m, v in per.items() if m != "BP"} for k, per in s["final_test_acc"].items()}
-        s["diverged"] = {k: int((d.status != "ok").sum()) for k, d in stable.groupby("kind")}
         out["stable_gamma"] = {"gamma": float(stable.gamma.iloc[0]),
-                               "seeds": sorted(int(x) for x in set(stable.seed)), **s}
+                               **_checks_beside_bp(fin[fin.method == "BP"], stable)}
+    if mc:
+        out["master_copy"] = mc
+    return out
+
+
+def _checks_beside_bp(bp: pd.DataFrame, rows: pd.DataFrame, own: pd.DataFrame | None = None) -> dict:
+    """:func:`_noise_checks` of FTP readings' ``rows`` (at another γ: BP has none) judged against BP's runs
+    ``bp``; its numbers (accuracies, seeds, diverged runs) are those of ``own`` (default ``rows``) alone."""
+    own = rows if own is None else own
+    s = _noise_checks(pd.concat([bp, rows], ignore_index=True))
+    s["final_test_acc"] = {k: {m: v for m, v in per.items() if m != "BP"} for k, per in s["final_test_acc"].items()}
+    s["diverged"] = {k: int((d.status != "ok").sum()) for k, d in own.groupby("kind")}
+    return {"seeds": sorted(int(x) for x in set(own.seed)), **s}
+
+
+def _clean_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each kind's clean point (0 noise, 32 bits): the plain float run."""
+    return rows[[v == NOISE_KINDS[k][2] for k, v in zip(rows.kind, rows.value)]]
+
+
+def noise_master_copy_metrics(fin: pd.DataFrame) -> dict:
+    """The ``master_copy`` parts (:func:`_noise_master_copy`): the checks and numbers of :func:`noise_metrics`
+    with the copy — per kind, each method's clean run (the sweep's; the ``stable_gamma`` part's for the readings
+    at that γ: on clean hardware a copy changes nothing) and its runs with the copy, against BP's clean run and
+    BP's runs with the copy (BP has no γ: the readings at stable_gamma are judged against the same BP runs).
+    ``final_test_acc`` has the clean points beside the runs with the copy; ``diverged`` and ``seeds`` are those
+    of the runs with the copy. {} when not run."""
+    mc, mcs = part_of(fin, "master_copy"), part_of(fin, "master_copy_stable_gamma")
+    if not len(mc) and not len(mcs):
+        return {}
+    kinds = set(mc.kind) | set(mcs.kind)
+
+    def clean(part, methods):
+        r = _clean_rows(part_of(fin, part))
+        return r[r.kind.isin(kinds) & r.method.isin(set(methods))]
+    out: dict = {}
+    if len(mc):
+        out = _noise_checks(pd.concat([clean("sweep", mc.method), mc], ignore_index=True))
+        out["diverged"] = {k: int((d.status != "ok").sum()) for k, d in mc.groupby("kind")}
+        out["seeds"] = sorted(int(x) for x in set(mc.seed))
+    if len(mcs):
+        out["stable_gamma"] = {"gamma": float(mcs.gamma.iloc[0]),
+                               **_checks_beside_bp(pd.concat([clean("sweep", ["BP"]), mc[mc.method == "BP"]]),
+                                                   pd.concat([clean("stable_gamma", mcs.method), mcs]), own=mcs)}
     return out
 
 
@@ -849,6 +937,47 @@ def plot_noise(fin: pd.DataFrame, dataset: str, P: dict | None = None):
                  "line: mean over seeds; band: min–max; dots: seeds; × = diverged"
                  + gamma_line + (f"\n{budget(P)}" if P else ""),
                  y=1.02 if P is None else 1.1 + 0.04 * bool(gamma_line))
+    fig.tight_layout()
+    return fig
+
+
+def plot_noise_master_copy(fin: pd.DataFrame, dataset: str, P: dict | None = None):
+    """The kinds in ``master_copy``: final accuracy vs each setting for its methods, weights stored as written
+    (the sweep: dashed) and with a float master copy (solid); the clean point (the plain float run) is shared."""
+    d, gamma_line = _with_stable(fin, P)
+    mc = measured(part_of(fin, "master_copy"))
+    mcs = measured(part_of(fin, "master_copy_stable_gamma"))
+    mc = pd.concat([mc, mcs.assign(method=[f"{m}, γ {g:g}" for m, g in zip(mcs.method, mcs.gamma)])])
+    kinds = [k for k in NOISE_KINDS if k in set(mc.kind)]
+    order = list(dict.fromkeys(m for m in d.method if m in set(mc.method)))
+    left, right = "stored as written (the sweep)", "float master copy (our variant)"
+    base = d[d.kind.isin(kinds) & d.method.isin(order)]
+    base = base[[v == NOISE_KINDS[k][2] or v in set(mc[mc.kind == k].value) for k, v in zip(base.kind, base.value)]]
+    both = pd.concat([base.assign(storage=left), mc.assign(storage=right),
+                      _clean_rows(base).assign(storage=right)], ignore_index=True)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        sub = both[both.kind == kind]
+        sns.lineplot(sub, x="value", y="final_test_acc", hue="method", hue_order=order, style="storage",
+                     style_order=[right, left], marker="o", errorbar=("pi", 100), ax=ax, legend=ax is axes[0][0])
+        mark_diverged(ax, sub, "value")
+        if NOISE_KINDS[kind][2] == 32:
+            bits_axis(ax, sub.value)
+        else:  # κ spans 0 and decades: linear near 0, log beyond; a tick at every value run
+            vals = sorted(set(sub.value))
+            ax.set_xscale("symlog", linthresh=min(v for v in vals if v > 0))
+            ax.set_xticks(vals, [f"{v:g}" for v in vals])
+        ax.set_ylim(0, 100)
+        ax.set_title(NOISE_KINDS[kind][0], fontsize=10)
+        ax.set_xlabel(kind)
+        ax.set_ylabel("final test accuracy (%)" if ax is axes[0][0] else "")
+    if len(kinds):
+        axes[0][0].legend(fontsize=7, loc="lower left")
+    seeds = sorted(set(mc.seed))
+    fig.suptitle(f"FTP vs BP under write noise and few conductance levels, with and without a float master copy, "
+                 f"{dataset}\n(master copy: seeds {seeds}) line: mean over seeds; band: min–max; × = diverged"
+                 + gamma_line + (f"\n{budget(P)}" if P else ""), y=1.02 if P is None else 1.1 + 0.04 * bool(gamma_line),
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
