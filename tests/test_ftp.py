@@ -648,8 +648,9 @@ def test_noise_master_copy_reruns_the_stored_kinds_with_a_copy_and_is_judged_aga
     assert s["ftp_os_more_robust_write_noise"] is True
     assert "master_copy" not in F.noise_metrics(pd.DataFrame(rows[:8]))
     fig = F.plot_noise_master_copy(pd.DataFrame(rows), "mnist", {**N, "epochs": 10})
-    ax = fig.axes[0]
-    assert ax.get_title().startswith("H1") and [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.02"]
+    top, zoom = fig.axes[0], fig.axes[1]  # one column (write noise): the two storages, then the copy alone
+    assert top.get_title().startswith("H1") and [t.get_text() for t in zoom.get_xticklabels()] == ["0", "0.02"]
+    assert {tuple(l.get_xdata()) for l in zoom.get_lines() if len(l.get_xdata()) == 2} == {(0.0, 0.02)}
     __import__("matplotlib.pyplot").pyplot.close(fig)
 
 

@@ -942,8 +942,10 @@ def plot_noise(fin: pd.DataFrame, dataset: str, P: dict | None = None):
 
 
 def plot_noise_master_copy(fin: pd.DataFrame, dataset: str, P: dict | None = None):
-    """The kinds in ``master_copy``: final accuracy vs each setting for its methods, weights stored as written
-    (the sweep: dashed) and with a float master copy (solid); the clean point (the plain float run) is shared."""
+    """The kinds in ``master_copy``, one column each: top, final accuracy vs each setting for its methods with
+    weights stored as written (the sweep: dashed) and with a float master copy (solid); the clean point (the
+    plain float run) is shared. Bottom: the runs with the copy alone, on their own accuracy scale (their drops
+    are a point or less: invisible on the top row's), with every seed as a dot."""
     d, gamma_line = _with_stable(fin, P)
     mc = measured(part_of(fin, "master_copy"))
     mcs = measured(part_of(fin, "master_copy_stable_gamma"))
@@ -953,31 +955,41 @@ def plot_noise_master_copy(fin: pd.DataFrame, dataset: str, P: dict | None = Non
     left, right = "stored as written (the sweep)", "float master copy (our variant)"
     base = d[d.kind.isin(kinds) & d.method.isin(order)]
     base = base[[v == NOISE_KINDS[k][2] or v in set(mc[mc.kind == k].value) for k, v in zip(base.kind, base.value)]]
-    both = pd.concat([base.assign(storage=left), mc.assign(storage=right),
-                      _clean_rows(base).assign(storage=right)], ignore_index=True)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.6), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
+    clean = _clean_rows(base).assign(storage=right)
+    both = pd.concat([base.assign(storage=left), mc.assign(storage=right), clean], ignore_index=True)
+    fig, axes = plt.subplots(2, len(kinds), figsize=(4.6 * len(kinds), 6.6), squeeze=False, sharex="col")
+    for col, kind in enumerate(kinds):
+        top, zoom = axes[0][col], axes[1][col]
         sub = both[both.kind == kind]
         sns.lineplot(sub, x="value", y="final_test_acc", hue="method", hue_order=order, style="storage",
-                     style_order=[right, left], marker="o", errorbar=("pi", 100), ax=ax, legend=ax is axes[0][0])
-        mark_diverged(ax, sub, "value")
+                     style_order=[right, left], marker="o", errorbar=("pi", 100), ax=top, legend=col == 0)
+        mark_diverged(top, sub, "value")
+        top.set_ylim(0, 100)
+        top.set_title(NOISE_KINDS[kind][0], fontsize=10)
+        copy = sub[sub.storage == right]
+        sns.lineplot(copy, x="value", y="final_test_acc", hue="method", hue_order=order, marker="o",
+                     errorbar=("pi", 100), ax=zoom, legend=False)
+        sns.scatterplot(copy, x="value", y="final_test_acc", hue="method", hue_order=order, s=16, alpha=0.6,
+                        legend=False, ax=zoom)
+        zoom.set_title("with the copy only (zoomed; dots: seeds)", fontsize=9)
         if NOISE_KINDS[kind][2] == 32:
-            bits_axis(ax, sub.value)
+            bits_axis(zoom, sub.value)
         else:  # κ spans 0 and decades: linear near 0, log beyond; a tick at every value run
             vals = sorted(set(sub.value))
-            ax.set_xscale("symlog", linthresh=min(v for v in vals if v > 0))
-            ax.set_xticks(vals, [f"{v:g}" for v in vals])
-        ax.set_ylim(0, 100)
-        ax.set_title(NOISE_KINDS[kind][0], fontsize=10)
-        ax.set_xlabel(kind)
-        ax.set_ylabel("final test accuracy (%)" if ax is axes[0][0] else "")
-    if len(kinds):
-        axes[0][0].legend(fontsize=7, loc="lower left")
+            zoom.set_xscale("symlog", linthresh=min(v for v in vals if v > 0))
+            zoom.set_xticks(vals, [f"{v:g}" for v in vals])
+            zoom.minorticks_off()
+        zoom.set_xlabel(kind)
+        for ax in (top, zoom):
+            ax.set_ylabel("final test accuracy (%)" if col == 0 else "")
+    if kinds and axes[0][0].get_legend() is not None:
+        h, lab = axes[0][0].get_legend_handles_labels()
+        axes[0][0].get_legend().remove()
+        fig.legend(h, lab, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     seeds = sorted(set(mc.seed))
     fig.suptitle(f"FTP vs BP under write noise and few conductance levels, with and without a float master copy, "
                  f"{dataset}\n(master copy: seeds {seeds}) line: mean over seeds; band: min–max; × = diverged"
-                 + gamma_line + (f"\n{budget(P)}" if P else ""), y=1.02 if P is None else 1.1 + 0.04 * bool(gamma_line),
-                 fontsize=10)
+                 + gamma_line + (f"\n{budget(P)}" if P else ""), fontsize=10)
     fig.tight_layout()
     return fig
 
