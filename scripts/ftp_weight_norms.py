@@ -25,7 +25,9 @@ Three sources of runs:
 ``ftp_quantized.master_copy`` part runs it at 10 epochs): the weights are stored rounded as in the hardware
 model, but each step's update is added to a float copy kept beside them and the stored weights are that copy
 rounded (a "master copy", as in mixed-precision training) — so the stochastic rounding noise no longer
-accumulates in the weights (README #5: why BP collapses at 4 bits under a sustained lr).
+accumulates in the weights (README #5: why BP collapses at 4 bits under a sustained lr). With ``--noise
+write_noise=K`` or ``conductance_bits=B`` the same copy takes the programming error or the rounding to levels at
+each write afresh (the ``ftp_noise.master_copy`` part).
 
 One core: ≈ 7 s an epoch in float, ≈ 30 s quantised."""
 from __future__ import annotations
@@ -114,9 +116,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg, epochs = (_noise_job(a) if a.noise is not None else _table_job(a) if a.bits is None else _quantized_job(a))
     cfg = {**cfg, "epochs": min(a.epochs, epochs)}
     if a.float_master:
-        if not (cfg.get("hardware") or {}).get("weights"):
-            raise SystemExit("--float-master: this run does not store its weights rounded (give --bits)")
-        cfg = {**cfg, "hardware": {**cfg["hardware"], "master_copy": True}}
+        hw = cfg.get("hardware") or {}
+        if not ((hw.get("weights") and hw.get("bits", 32) < 32) or hw.get("write_noise", 0) > 0):
+            raise SystemExit("--float-master: this run stores its weights exactly (give --bits, or --noise "
+                             "write_noise=K or conductance_bits=B)")
+        cfg = {**cfg, "hardware": {**hw, "master_copy": True}}
 
     def show(model, row):
         weights = [p for p in model.parameters() if p.dim() == 2]

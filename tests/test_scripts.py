@@ -150,8 +150,12 @@ def test_float_master_flag_retrains_with_the_hardware_master_copy(monkeypatch, m
               "--float-master"])
     assert len(capsys.readouterr().out.splitlines()) == 1
     assert seen[0]["hardware"]["master_copy"] is True and seen[0]["hardware"]["bits"] == 4
-    with pytest.raises(SystemExit, match="--float-master: this run does not store its weights rounded"):
-        mod.main(["--float-master", "--params", smoke])
+    mod.main(["--method", "BP", "--noise", "write_noise=0.05", "--seed", "1", "--epochs", "1", "--device", "cpu",
+              "--params", smoke, "--float-master"])  # float weights written with noise: the copy takes each error once
+    assert seen[1]["hardware"] == {"write_noise": 0.05, "master_copy": True}
+    for exact in (["--float-master"], ["--float-master", "--noise", "read_noise=0.05", "--method", "BP"]):
+        with pytest.raises(SystemExit, match="--float-master: this run stores its weights exactly"):
+            mod.main(exact + ["--params", smoke])
 
 
 def test_cpu_speed_probe_compares_settings_and_histories_and_names_bad_input(capsys, mirror, tmp_path, monkeypatch):
