@@ -37,6 +37,7 @@ import json
 from repro.figures import ftp as F
 from repro.figures.common import load_params
 from repro.models import ConfigError
+from repro.quant import Hardware
 from repro.train import train
 
 
@@ -115,12 +116,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--noise and --bits: give one (a run of ftp_noise or of ftp_quantized)")
     cfg, epochs = (_noise_job(a) if a.noise is not None else _table_job(a) if a.bits is None else _quantized_job(a))
     cfg = {**cfg, "epochs": min(a.epochs, epochs)}
-    if a.float_master:
-        hw = cfg.get("hardware") or {}
-        if not ((hw.get("weights") and hw.get("bits", 32) < 32) or hw.get("write_noise", 0) > 0):
-            raise SystemExit("--float-master: this run stores its weights exactly (give --bits, or --noise "
-                             "write_noise=K or conductance_bits=B)")
-        cfg = {**cfg, "hardware": {**hw, "master_copy": True}}
+    if a.float_master:  # hardware.master_copy decides which runs can keep a copy (repro/quant.py)
+        hw = {**(cfg.get("hardware") or {}), "master_copy": True}
+        try:
+            Hardware(hw)
+        except ConfigError as e:
+            raise SystemExit(f"--float-master: this run stores its weights exactly (give --bits, or --noise "
+                             f"write_noise=K or conductance_bits=B): {e}") from None
+        cfg = {**cfg, "hardware": hw}
 
     def show(model, row):
         weights = [p for p in model.parameters() if p.dim() == 2]

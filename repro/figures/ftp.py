@@ -358,6 +358,11 @@ def _stable_gamma(P: dict, section: str) -> float | None:
     return None if g is None else float(g)
 
 
+def _gamma_labelled(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a part at another γ, each method labelled with its γ (a method of its own in a figure)."""
+    return rows.assign(method=[f"{m}, γ {g:g}" for m, g in zip(rows.method, rows.gamma)])
+
+
 def _with_stable(fin: pd.DataFrame, P: dict | None) -> tuple[pd.DataFrame, str]:
     """A figure's measured ``sweep`` rows plus its ``stable_gamma`` rows as methods of their own (labelled with
     their γ), and the title line that says so (empty without them)."""
@@ -365,7 +370,7 @@ def _with_stable(fin: pd.DataFrame, P: dict | None) -> tuple[pd.DataFrame, str]:
     stable = measured(part_of(fin, "stable_gamma"))
     if not len(stable):
         return d, ""
-    d = pd.concat([d, stable.assign(method=[f"{m}, γ {g:g}" for m, g in zip(stable.method, stable.gamma)])])
+    d = pd.concat([d, _gamma_labelled(stable)])
     return d, (f"\nFTP at the spec's γ {P['gamma']:g} unless labelled (γ {stable.gamma.iloc[0]:g}: ours)" if P else "")
 
 
@@ -560,7 +565,7 @@ def plot_master_copy(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     base = base[base.level == "full"]
     mc = measured(part_of(fin, "master_copy"))
     mcs = measured(part_of(fin, "master_copy_stable_gamma"))
-    mc = pd.concat([mc, mcs.assign(method=[f"{m}, γ {g:g}" for m, g in zip(mcs.method, mcs.gamma)])])
+    mc = pd.concat([mc, _gamma_labelled(mcs)])
     base = base[base.method.isin(set(mc.method))]
     left, right = "weights stored rounded (the sweep)", "float master copy (our variant)"
     d = pd.concat([base.assign(storage=left), mc.assign(storage=right),
@@ -949,7 +954,7 @@ def plot_noise_master_copy(fin: pd.DataFrame, dataset: str, P: dict | None = Non
     d, gamma_line = _with_stable(fin, P)
     mc = measured(part_of(fin, "master_copy"))
     mcs = measured(part_of(fin, "master_copy_stable_gamma"))
-    mc = pd.concat([mc, mcs.assign(method=[f"{m}, γ {g:g}" for m, g in zip(mcs.method, mcs.gamma)])])
+    mc = pd.concat([mc, _gamma_labelled(mcs)])
     kinds = [k for k in NOISE_KINDS if k in set(mc.kind)]
     order = list(dict.fromkeys(m for m in d.method if m in set(mc.method)))
     left, right = "stored as written (the sweep)", "float master copy (our variant)"
