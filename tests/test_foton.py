@@ -428,6 +428,37 @@ def test_alignment_epochs_by_depth():
     assert m["foton_above_pepita_at_depth"] is True and m["deepest"] == 50
 
 
+def test_alignment_seeds_by_depth_drops_seeds_of_a_costly_depth():
+    import pandas as pd
+    from repro.figures import foton as ff
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    P = {**load_params("foton_alignment", "params.smoke.yaml"), "seeds": [1, 2, 3]}
+    shallow, deep = min(P["depths"]), max(P["depths"])
+    jobs = ff.alignment_jobs({**P, "seeds_by_depth": {deep: [1]}})
+    assert {j["seed"] for j in jobs if j["layers"] == deep} == {1}
+    assert {j["seed"] for j in jobs if j["layers"] == shallow} == {1, 2, 3}
+    # the kept runs are the same configs (same run keys) as without the option
+    full = {(j["act"], j["layers"], j["method"], j["seed"]): j["config"] for j in ff.alignment_jobs(P)}
+    assert all(full[(j["act"], j["layers"], j["method"], j["seed"])] == j["config"] for j in jobs)
+    title = ff.alignment_budget({**P, "seeds_by_depth": {deep: [1]}})
+    assert f"{shallow} layers: {P['epochs']} epochs, 3 seeds" in title and f"{deep} layers:" in title
+    assert title.split(f"{deep} layers:")[1].startswith(f" {P['epochs_by_depth'].get(deep, P['epochs'])} epochs, 1 seed")
+    with pytest.raises(ConfigError, match=r"foton_alignment.seeds_by_depth: \[7\] not in depths"):
+        ff.alignment_jobs({**P, "seeds_by_depth": {7: [1]}})
+    with pytest.raises(ConfigError, match=r"seeds_by_depth: \{%d: \[4\]\} not in foton_alignment.seeds" % deep):
+        ff.alignment_jobs({**P, "seeds_by_depth": {deep: [1, 4]}})
+    # metrics: mean and sample sd over the seeds of each depth, and how many seeds each depth has
+    hist = pd.DataFrame([{"act": "tanh", "layers": L, "method": "FOTON", "seed": s, "epoch": 1, "cos_hidden": c}
+                         for L, seeds in ((10, {1: 0.6, 2: 0.7, 3: 0.8}), (50, {1: 0.03}))
+                         for s, c in seeds.items()])
+    m = ff.alignment_metrics(hist)
+    assert m["n_seeds"] == {"10": 3, "50": 1}
+    assert m["final_cos_hidden"]["tanh"]["10"]["FOTON"] == pytest.approx(0.7)
+    assert m["final_cos_hidden_sd"]["tanh"]["10"]["FOTON"] == pytest.approx(0.1)
+    assert "50" not in m["final_cos_hidden_sd"]["tanh"]  # one seed: no sd
+
+
 def test_bp_dropout_row_is_bps_config_with_foton_keep():
     from repro.figures import foton as ff
     from repro.figures.common import load_params

@@ -136,14 +136,13 @@ def plot_depth(fin: pd.DataFrame, dataset: str, P: dict | None = None):
 def alignment_jobs(P: dict) -> list[dict]:
     """foton.md §3.2 E3/E4: FOTON vs PEPITA vs PEPITA with orthogonal init; cosine with the BP gradient
     measured every ``align_every`` steps on the same batch, same masks, pre-update weights (§2.9 item 3)."""
-    by_depth = _epochs_by_depth(P)
-    bad = sorted(set(by_depth) - set(int(L) for L in P["depths"]))
-    if bad:
-        raise ConfigError(f"foton_alignment.epochs_by_depth: {bad} not in depths {P['depths']}")
+    by_depth, seeds_at = _epochs_by_depth(P), _seeds_by_depth(P)
     jobs = []
     for seed in P["seeds"]:
         for act in P["acts"]:
             for L in P["depths"]:
+                if seed not in seeds_at.get(int(L), P["seeds"]):
+                    continue  # a costly depth on fewer seeds (``seeds_by_depth``)
                 for method in P["methods"]:
                     if method == "FOTON":
                         rule, init, bias = {"name": "foton", "keep": P["keep"]}, "orthogonal", False
@@ -173,13 +172,16 @@ def run_alignment(P: dict, results: str = "results"):
 def alignment_metrics(hist: pd.DataFrame) -> dict:
     # each run's last epoch (depths may train for different numbers of epochs: ``epochs_by_depth``)
     last = hist[hist.epoch == hist.groupby(["act", "layers", "method", "seed"]).epoch.transform("max")]
-    m = {"final_cos_hidden": {}}
+    m = {"final_cos_hidden": {}, "final_cos_hidden_sd": {},
+         "n_seeds": {str(L): int(g.seed.nunique()) for L, g in last.groupby("layers")}}
     for (act, L, method), g in last.groupby(["act", "layers", "method"]):
-        v = float(g.cos_hidden.mean())
+        v = float(g.cos_hidden.mean())  # over the seeds measured (a diverged seed's NaN is left out)
         if np.isnan(v):  # a run that diverged before its first measurement
             m.setdefault("not_measured", []).append(f"{act} {L} {method}")
             continue
         m["final_cos_hidden"].setdefault(act, {}).setdefault(str(L), {})[method] = v
+        if g.cos_hidden.count() > 1:  # sample sd over seeds
+            m["final_cos_hidden_sd"].setdefault(act, {}).setdefault(str(L), {})[method] = float(g.cos_hidden.std())
     deep = str(max(hist.layers))
     checks = []
     for act, d in m["final_cos_hidden"].items():
@@ -201,18 +203,43 @@ def plot_alignment(hist: pd.DataFrame, P: dict | None = None):
     return g.figure
 
 
+def _by_depth(P: dict, key: str) -> dict:
+    """``epochs_by_depth`` / ``seeds_by_depth`` keyed by int depth; a depth the figure does not run is one line."""
+    by = {int(k): v for k, v in (P.get(key) or {}).items()}
+    bad = sorted(set(by) - set(int(L) for L in P["depths"]))
+    if bad:
+        raise ConfigError(f"foton_alignment.{key}: {bad} not in depths {P['depths']}")
+    return by
+
+
 def _epochs_by_depth(P: dict) -> dict[int, int]:
-    return {int(k): v for k, v in (P.get("epochs_by_depth") or {}).items()}
+    return _by_depth(P, "epochs_by_depth")
+
+
+def _seeds_by_depth(P: dict) -> dict[int, list[int]]:
+    """``seeds_by_depth`` (optional, ``{depth: [seeds]}``): a costly depth runs on fewer of ``seeds`` (e.g. the
+    spec's 3 seeds at 10 layers while the 50-layer runs of seeds 2–3 are still training); it can only drop
+    seeds, as ``seeds_by_method`` elsewhere."""
+    by = _by_depth(P, "seeds_by_depth")
+    extra = {L: sorted(set(v) - set(P["seeds"])) for L, v in by.items() if set(v) - set(P["seeds"])}
+    if extra:  # a seed outside seeds would silently train nothing
+        raise ConfigError(f"foton_alignment.seeds_by_depth: {extra} not in foton_alignment.seeds "
+                          f"{list(P['seeds'])}; it can only drop seeds")
+    return by
 
 
 def alignment_budget(P: dict) -> str:
-    """The title's budget line, with the depths that trained for fewer epochs (``epochs_by_depth``)."""
-    by = _epochs_by_depth(P)
-    if not by:
-        return budget(P, "20 epochs")
-    e = ", ".join(f"{L} layers: {by.get(int(L), P['epochs'])}" for L in P["depths"])
-    n = len(P["seeds"])
-    return f"epochs: {e}; {n} seed{'s' * (n != 1)} (spec: 20 epochs)"
+    """The title's budget line, with the depths that trained for fewer epochs or seeds (``epochs_by_depth``,
+    ``seeds_by_depth``)."""
+    by, seeds_at = _epochs_by_depth(P), _seeds_by_depth(P)
+    if not by and not seeds_at:
+        return budget(P, "20 epochs, ≥ 3 seeds")
+
+    def n(L):
+        k = len(seeds_at.get(int(L), P["seeds"]))
+        return f"{k} seed{'s' * (k != 1)}"
+    per = "; ".join(f"{L} layers: {by.get(int(L), P['epochs'])} epochs, {n(L)}" for L in P["depths"])
+    return f"{per} (spec: 20 epochs, ≥ 3 seeds)"
 
 
 # ------------------------------------------------------------------------- shallow table (E1, §6.1)
