@@ -483,7 +483,7 @@ def test_stable_gamma_runs_the_ftp_readings_again_and_is_checked_against_the_swe
     from repro.train import run_key
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     P = {**load_params("ftp_quantized", root / "params.yaml"), "seeds": [1, 2], "bits": [32, 4],
-         "levels": ["full"], "signal_ablation": None, "stable_gamma": 0.05, "master_copy": None}
+         "levels": ["full"], "signal_ablation": None, "stable_gamma": 0.05, "master_copy": None, "paper_length": None}
     jobs = F.quantized_jobs(P, "mnist")
     st = [j for j in jobs if j["part"] == "stable_gamma"]
     assert sorted((j["method"], j["bits"], j["seed"]) for j in st) == sorted(
@@ -493,7 +493,7 @@ def test_stable_gamma_runs_the_ftp_readings_again_and_is_checked_against_the_swe
     same = [{k: v for k, v in j.items() if k not in ("gamma", "part")} for j in st]
     assert same == [{k: v for k, v in j.items() if k not in ("gamma", "part")} for j in
                     F.quantized_jobs({**P, "gamma": 0.05, "stable_gamma": None, "methods": ["FTP", F.FTP_OS],
-                                      "master_copy": None}, "mnist")]
+                                      "master_copy": None, "paper_length": None}, "mnist")]
     T = load_params("ftp_table", root / "params.yaml")
     sweep = {run_key(j["config"]) for j in F.table_jobs(T, "mnist") if j["gamma"] == 0.05 and j["part"] == "table"}
     assert {run_key(j["config"]) for j in st if j["bits"] == 32 and j["method"] == "FTP"} <= sweep
@@ -577,6 +577,75 @@ def test_master_copy_part_reruns_the_full_level_with_a_float_copy_and_is_checked
     assert s["gamma"] == 0.05 and s["ftp_os_drops_le4_bits"] == {"4": {F.FTP_OS: 0.5, "BP": 1.0}}
     assert s["ftp_os_degrades_less_than_bp_le4"] is True and "BP" not in s["final_test_acc"]
     assert "master_copy" not in F.quantized_metrics(pd.DataFrame(rows[:6]))
+
+
+def test_paper_length_part_is_the_sweeps_full_level_at_the_specs_length_and_checked_against_bp_at_it():
+    """``ftp_quantized.paper_length`` (labelled part): the ``full`` level again at other epochs and milestones —
+    the same configs as the sweep's at that length (so the runs a spec-scale sweep trained are these), the
+    readings also at ``stable_gamma``; its checks compare drops with BP's runs of the same length; the figure
+    shows final and best epochs; bad settings are one line each."""
+    import pandas as pd
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    from repro.train import run_key
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    L = {"epochs": 100, "milestones": [60, 90], "methods": ["BP", F.FTP_OS, "DRTP"], "seeds": [1, 2], "bits": [32, 4]}
+    P = {**load_params("ftp_quantized", root / "params.yaml"), "seeds": [1], "bits": [32, 8], "levels": ["full"],
+         "methods": ["BP", "FTP", F.FTP_OS], "signal_ablation": None, "stable_gamma": 0.05, "master_copy": None,
+         "paper_length": L}
+    jobs = F.quantized_jobs(P, "mnist")
+    pl = [j for j in jobs if j["part"] == "paper_length"]
+    pls = [j for j in jobs if j["part"] == "paper_length_stable_gamma"]
+    # DRTP is not in the sweep's methods: left out, as master_copy does
+    assert sorted((j["method"], j["bits"], j["seed"]) for j in pl) == sorted(
+        (m, b, s) for m in ("BP", F.FTP_OS) for b in (32, 4) for s in (1, 2))
+    assert sorted((j["method"], j["bits"], j["seed"]) for j in pls) == sorted((F.FTP_OS, b, s) for b in (32, 4) for s in (1, 2))
+    assert {j["epochs"] for j in pl + pls} == {100} and {j["gamma"] for j in pls} == {0.05}
+    # the same runs as the sweep's (and its stable part's) at that length: the spec-scale sweep's keys
+    at_length = {**P, "epochs": 100, "milestones": [60, 90], "seeds": [1, 2], "bits": [32, 4], "paper_length": None}
+    twins = {(j["part"], j["method"], j["bits"], j["seed"]): run_key(j["config"]) for j in F.quantized_jobs(at_length, "mnist")}
+    for j in pl + pls:
+        part = "sweep" if j["part"] == "paper_length" else "stable_gamma"
+        assert run_key(j["config"]) == twins[(part, j["method"], j["bits"], j["seed"])]
+        assert j["config"]["epochs"] == 100 and j["config"]["optim"]["milestones"] == [60, 90]
+    assert "hardware" not in next(j for j in pl if j["bits"] == 32)["config"]  # 32 bits: the float run
+    assert len(F.quantized_jobs({**P, "paper_length": None}, "mnist")) == len(jobs) - len(pl) - len(pls)
+    assert not [j for j in F.quantized_jobs({**P, "stable_gamma": None}, "mnist") if j["part"] == "paper_length_stable_gamma"]
+    for bad, msg in (({"epochs": 100}, "must be null or a mapping with exactly bits, epochs, methods, milestones, seeds"),
+                     ({**L, "epochs": 0}, r"epochs=0 must be an integer ≥ 1"),
+                     ({**L, "milestones": [60, 100]}, r"milestones=\[60, 100\] must be a list of epochs between 1 and"),
+                     ({**L, "bits": [8, 4]}, r"bits=\[8, 4\] must be a list of integers 2 … 32 that includes 32"),
+                     ({**L, "methods": ["SGD"]}, r"methods=\['SGD'\]: must be .* FC methods"),
+                     ({**L, "seeds": []}, r"seeds=\[\] must be a non-empty list")):
+        with pytest.raises(ConfigError, match=r"ftp_quantized\.paper_length.*" + msg):
+            F.quantized_jobs({**P, "paper_length": bad}, "mnist")
+
+    def row(m, bits, acc, part, best=None):
+        return {"part": part, "method": m, "level": "full", "bits": bits, "seed": 1, "status": "ok", "epochs": 100,
+                "final_test_acc": acc, "best_test_acc": acc if best is None else best,
+                "gamma": 0.05 if "stable" in part else None}
+    rows = [row("BP", 32, 98.0, "sweep"), row("BP", 4, 91.0, "sweep"), row(F.FTP_OS, 32, 97.0, "sweep"),
+            row(F.FTP_OS, 4, 11.0, "sweep"),
+            row("BP", 32, 98.3, "paper_length"), row("BP", 4, 10.0, "paper_length", best=93.8),
+            row(F.FTP_OS, 32, 60.0, "paper_length", best=97.3), row(F.FTP_OS, 4, 9.8, "paper_length"),
+            row(F.FTP_OS, 32, 98.0, "paper_length_stable_gamma"), row(F.FTP_OS, 4, 70.0, "paper_length_stable_gamma")]
+    q = F.quantized_metrics(pd.DataFrame(rows))
+    assert q["final_test_acc"]["full"]["BP"] == {"32": 98.0, "4": 91.0}  # the sweep's own numbers are unchanged
+    m = q["paper_length"]
+    assert m["epochs"] == 100 and m["seeds"] == [1] and m["diverged"] == {"BP": 0, F.FTP_OS: 0}
+    assert m["final_test_acc"]["BP"] == {"32": 98.3, "4": 10.0}
+    assert m["ftp_os_fp32_within_2_of_bp"] is False  # 60 vs 98.3 at the spec's length
+    assert m["ftp_os_compared_at_le4"] == [] and m["ftp_os_degrades_less_than_bp_le4"] is False  # both at chance
+    s = m["stable_gamma"]  # against the same length's BP runs
+    assert s["gamma"] == 0.05 and s["ftp_os_drops_le4_bits"] == {"4": {F.FTP_OS: 28.0, "BP": 88.3}}
+    assert s["ftp_os_compared_at_le4"] == ["4"] and s["ftp_os_degrades_less_than_bp_le4"] is True
+    assert "paper_length" not in F.quantized_metrics(pd.DataFrame(rows[:4]))
+    fig = F.plot_quantized(pd.DataFrame(rows), "mnist", P, part="paper_length")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["level = full: final epoch", "level = full: best epoch"]
+    assert "the spec's length: 100 epochs, lr ×0.1 at 60, 90; seed 1 (spec: 3 seeds)" in fig._suptitle.get_text()
+    __import__("matplotlib.pyplot").pyplot.close(fig)
 
 
 def test_noise_master_copy_reruns_the_stored_kinds_with_a_copy_and_is_judged_against_bp_with_one():

@@ -363,11 +363,12 @@ def _gamma_labelled(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(method=[f"{m}, γ {g:g}" for m, g in zip(rows.method, rows.gamma)])
 
 
-def _with_stable(fin: pd.DataFrame, P: dict | None) -> tuple[pd.DataFrame, str]:
-    """A figure's measured ``sweep`` rows plus its ``stable_gamma`` rows as methods of their own (labelled with
-    their γ), and the title line that says so (empty without them)."""
-    d = measured(part_of(fin))
-    stable = measured(part_of(fin, "stable_gamma"))
+def _with_stable(fin: pd.DataFrame, P: dict | None, part: str = "sweep") -> tuple[pd.DataFrame, str]:
+    """A figure's measured ``part`` rows (``sweep``, or e.g. ``paper_length``) plus its stable-γ rows
+    (``stable_gamma``, ``<part>_stable_gamma``) as methods of their own (labelled with their γ), and the title
+    line that says so (empty without them)."""
+    d = measured(part_of(fin, part))
+    stable = measured(part_of(fin, "stable_gamma" if part == "sweep" else f"{part}_stable_gamma"))
     if not len(stable):
         return d, ""
     d = pd.concat([d, _gamma_labelled(stable)])
@@ -408,6 +409,15 @@ def quantized_jobs(P: dict, dataset: str) -> list[dict]:
         if g is not None:
             jobs += grid("master_copy_stable_gamma", M["seeds"], ["full"], M["bits"],
                          [m for m in methods if m in dict(READINGS)], Q={**P, "gamma": g}, gamma=g, **mc)
+    L = _paper_length(P)
+    if L:  # the full level again at the spec's length (labelled part; the sweep's epochs are a CPU budget)
+        Q = {**P, "epochs": L["epochs"], "milestones": L["milestones"]}
+        methods = [m for m in L["methods"] if m in P["methods"]]
+        jobs += grid("paper_length", L["seeds"], ["full"], L["bits"], methods, Q=Q, epochs=L["epochs"])
+        if g is not None:
+            jobs += grid("paper_length_stable_gamma", L["seeds"], ["full"], L["bits"],
+                         [m for m in methods if m in dict(READINGS)], Q={**Q, "gamma": g}, gamma=g,
+                         epochs=L["epochs"])
     return jobs
 
 
@@ -426,11 +436,39 @@ def _master_copy(P: dict) -> dict | None:
     if not M["bits"] or not all(isinstance(b, int) and not isinstance(b, bool) and 2 <= b < 32 for b in M["bits"]):
         raise ConfigError(f"{name}.bits={M['bits']!r} must be a non-empty list of integers 2 … 31 "
                           "(32 bits is float: the sweep's runs, the same with or without a copy)")
-    return _master_copy_methods_seeds(P, M, name)
+    return _methods_seeds(P, M, name)
 
 
-def _master_copy_methods_seeds(P: dict, M: dict, name: str) -> dict:
-    """A ``master_copy`` section's ``methods`` (FC methods) and ``seeds`` (integers), checked; ``M`` back."""
+def _paper_length(P: dict) -> dict | None:
+    """``ftp_quantized.paper_length`` (labelled part): the ``full`` level again at other ``epochs`` and lr
+    ``milestones`` — the spec's 100 epochs, ×0.1 at 60 and 90 — for the ``methods`` (of the sweep's), ``seeds``
+    and ``bits`` given (32 = each method's float run, the checks' reference: required), the FTP readings also at
+    ``stable_gamma`` when that is set; None or {} = off. Its runs are the ones a spec-scale sweep
+    (``python -m repro spec``) trains for the same points, so neither retrains the other's."""
+    L = P.get("paper_length")
+    if not L:
+        return None
+    name = "ftp_quantized.paper_length"
+    keys = ("bits", "epochs", "methods", "milestones", "seeds")
+    if not isinstance(L, dict) or set(L) != set(keys):
+        raise ConfigError(f"{name}={L!r} must be null or a mapping with exactly {', '.join(keys)}")
+    e = L["epochs"]
+    if isinstance(e, bool) or not isinstance(e, int) or e < 1:
+        raise ConfigError(f"{name}.epochs={e!r} must be an integer ≥ 1")
+    ms = L["milestones"]
+    if not isinstance(ms, list) or not all(isinstance(x, int) and not isinstance(x, bool) and 0 < x < e for x in ms):
+        raise ConfigError(f"{name}.milestones={ms!r} must be a list of epochs between 1 and epochs − 1 ({e - 1})")
+    b = L["bits"]
+    if (not isinstance(b, list) or 32 not in b
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 2 <= x <= 32 for x in b)):
+        raise ConfigError(f"{name}.bits={b!r} must be a list of integers 2 … 32 that includes 32 (each method's "
+                          "float run: what its drops are measured from)")
+    return _methods_seeds(P, L, name)
+
+
+def _methods_seeds(P: dict, M: dict, name: str) -> dict:
+    """A labelled part's (``master_copy``, ``paper_length``) ``methods`` (FC methods) and ``seeds`` (integers),
+    checked; ``M`` back."""
     known = list(_fc_rules(P))
     if not M["methods"] or [m for m in M["methods"] if m not in known]:
         raise ConfigError(f"{name}.methods={M['methods']!r}: must be a non-empty list of FC methods ({known})")
@@ -504,7 +542,7 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
     ablation = quantized_stats(fin, "signal_ablation")
     stable = part_of(fin, "stable_gamma")
     mc = master_copy_metrics(fin)  # its float points are the sweep's and the stable part's
-    fin = part_of(fin)
+    full_fin, fin = fin, part_of(fin)
     acc, sd = _means(quantized_stats(fin))
     out = {"final_test_acc": acc, "final_test_acc_sd": sd, "seeds": sorted(int(s) for s in set(fin.seed)),
            "diverged": {lvl: _diverged(d) for lvl, d in fin.groupby("level")}}
@@ -518,11 +556,37 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
                                **_robustness(s_acc.get("full", {}), full.get("BP", {}))}
     if mc:
         out["master_copy"] = mc
+    pl = paper_length_metrics(full_fin)
+    if pl:
+        out["paper_length"] = pl
     if len(ablation):  # level → method → bits → {mean, std, min, max, n}
         out["signal_ablation"] = {}
         for r in ablation.itertuples():
             out["signal_ablation"].setdefault(r.level, {}).setdefault(r.method, {})[str(r.bits)] = {
                 k: getattr(r, k) for k in ("mean", "std", "min", "max", "n")}
+    return out
+
+
+def paper_length_metrics(fin: pd.DataFrame) -> dict:
+    """The ``paper_length`` parts (:func:`_paper_length`): epochs, mean (sd) final accuracy per method and bit
+    width, diverged runs, and the claims' checks (:func:`_robustness`) — against BP's runs of the same length;
+    the readings at ``stable_gamma`` under ``stable_gamma``, against the same BP runs. {} when not run."""
+    out: dict = {}
+    bp: dict = {}
+    for part in ("paper_length", "paper_length_stable_gamma"):
+        rows = part_of(fin, part)
+        if not len(rows):
+            continue
+        acc, sd = _means(quantized_stats(fin, part))
+        acc, sd = acc.get("full", {}), sd.get("full", {})
+        bp = bp or acc.get("BP", {})
+        res = {"epochs": int(rows.epochs.iloc[0]), "final_test_acc": acc, "final_test_acc_sd": sd,
+               "seeds": sorted(int(x) for x in set(rows.seed)), "diverged": _diverged(rows),
+               **_robustness({m: v for m, v in acc.items() if m != "BP"}, bp)}
+        if part == "paper_length":
+            out.update(res)
+        else:
+            out["stable_gamma"] = {"gamma": float(rows.gamma.iloc[0]), **res}
     return out
 
 
@@ -730,9 +794,16 @@ def plot_sparsity(sp: pd.DataFrame, dataset: str, steps: int):
     return g.figure
 
 
-def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
-    d, gamma_line = _with_stable(fin, P)
+def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None, part: str = "sweep"):
+    """Final test accuracy vs bit width per level (the ``sweep``, or its ``paper_length`` part: the title then
+    gives that part's epochs and seeds instead of the sweep's budget, and a second panel the best epoch's
+    accuracy: over 100 epochs a run can learn and then collapse)."""
+    d, gamma_line = _with_stable(fin, P, part)
     order = list(dict.fromkeys(d.method))
+    if part == "paper_length":
+        d = pd.concat([d.assign(level=[f"{x}: final epoch" for x in d.level]),
+                       d.assign(level=[f"{x}: best epoch" for x in d.level], final_test_acc=d.best_test_acc)],
+                      ignore_index=True)
     # band = min–max over seeds, dots = the seeds: a method that blows up in some seeds only is bimodal, and a
     # ± sd band would reach past 0 and 100 %
     g = sns.relplot(d, x="bits", y="final_test_acc", hue="method", hue_order=order, col="level", kind="line",
@@ -743,11 +814,18 @@ def plot_quantized(fin: pd.DataFrame, dataset: str, P: dict | None = None):
                         alpha=0.6, legend=False, ax=ax)
         mark_diverged(ax, d[d.level == level], "bits")
         bits_axis(ax, d.bits)
-    g.set_axis_labels("bits (32 = float)", "final test accuracy (%)")
+    g.set_axis_labels("bits (32 = float)", "test accuracy (%)" if part == "paper_length" else "final test accuracy (%)")
     ctx = [m for m in order if m in ("PEPITA", "DRTP")]  # not in the claims
+    if part == "paper_length":
+        L = _paper_length(P) if P else None
+        n = sorted(set(d.seed))
+        length = (f"\nthe spec's length: {L['epochs']} epochs, lr ×0.1 at {', '.join(map(str, L['milestones']))}; "
+                  f"seed{'s' * (len(n) != 1)} {', '.join(map(str, n))} (spec: 3 seeds)") if L else ""
+    else:
+        length = f"\n{budget(P)}" if P else ""
     g.figure.suptitle(f"FTP vs BP{' (' + ', '.join(ctx) + ': context)' if ctx else ''} under quantisation, {dataset}\n"
                       "line: mean over seeds; band: min–max; dots: seeds; × = diverged"
-                      + gamma_line + (f"\n{budget(P)}" if P else ""),
+                      + gamma_line + length,
                       y=1.08 if P is None else 1.13 + 0.04 * bool(gamma_line),
                       fontsize=10)
     return g.figure
@@ -819,7 +897,7 @@ def _noise_master_copy(P: dict) -> dict | None:
             raise ConfigError(f"{name}.kinds.{kind}={values!r} must be a non-empty list of the sweep's noisy "
                               f"values of {kind} ({noisy}): each is compared with the same setting stored "
                               "without a copy")
-    return _master_copy_methods_seeds(P, M, name)
+    return _methods_seeds(P, M, name)
 
 
 def run_noise(P: dict, dataset: str, results: str = "results"):
