@@ -29,6 +29,9 @@ def test_stored_notebook_is_clean_and_parameterised(nb):
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "strip outputs"
     assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be tagged 'parameters'"
     assert n.cells[0].cell_type == "markdown", "start with prose explaining the figure and the claim"
+    # nbformat.read adds missing cell ids silently (a warning; a future error), so read the stored JSON
+    raw = __import__("json").loads(nb.read_text())
+    assert all("id" in c for c in raw["cells"]), "every cell needs an id (nbformat 4.5)"
 
 
 @pytest.mark.slow
