@@ -648,6 +648,19 @@ def test_paper_length_part_is_the_sweeps_full_level_at_the_specs_length_and_chec
     __import__("matplotlib.pyplot").pyplot.close(fig)
 
 
+def test_update_sparsity_measures_the_sweeps_runs_only():
+    """The ℓ0 diagnostic restarts the sweep's own runs (one level, first seed): a labelled part's runs at the same
+    bits (paper_length, master_copy, …) must not be averaged in — paper_length's seed 2 once was."""
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    P = {**load_params("ftp_quantized", root / "params.yaml"), "seeds": [1, 2, 3]}
+    P["paper_length"] = {**P["paper_length"], "seeds": [1, 2]}
+    jobs = F._sparsity_jobs(P, "mnist", "full")
+    assert {j["part"] for j in jobs} == {"sweep"} and {j["seed"] for j in jobs} == {1}
+    assert sorted((j["method"], j["bits"]) for j in jobs) == sorted((m, b) for m in P["methods"] for b in P["bits"])
+
+
 def test_noise_master_copy_reruns_the_stored_kinds_with_a_copy_and_is_judged_against_bp_with_one():
     """``ftp_noise.master_copy`` (our labelled variant): H1 write noise and H4 conductance levels (the kinds that
     change the stored weights) again with ``hardware.master_copy`` at some of the sweep's values, for its methods

@@ -716,6 +716,14 @@ def plot_signal_ablation(fin: pd.DataFrame, norms: pd.DataFrame, dataset: str):
 
 
 @torch_threads(1)  # as the runs train: the same digits at any core count
+def _sparsity_jobs(P: dict, dataset: str, level: str) -> list[dict]:
+    """The sweep's own runs of one level and its first seed: every labelled part off (a part's runs at the same
+    bits and seed would be averaged in with the sweep's)."""
+    jobs = quantized_jobs({**P, "seeds": P["seeds"][:1], "levels": [level], "signal_ablation": None,
+                           "stable_gamma": None, "master_copy": None, "paper_length": None}, dataset)
+    return [j for j in jobs if j["part"] == "sweep"]
+
+
 def update_sparsity(P: dict, dataset: str, steps: int = 20, level: str = "full") -> pd.DataFrame:
     """ftp.md §8: per weight layer, the fraction of update entries that are exactly zero after rounding
     (``zero_update``: the rule wrote 0 into ``.grad`` — the rounded learning signal vanished) and the
@@ -723,8 +731,7 @@ def update_sparsity(P: dict, dataset: str, steps: int = 20, level: str = "full")
     rounding), over the first ``steps`` training steps of each quantised run (seed ``P.seeds[0]``),
     started exactly as the run starts (``train.build``). No training beyond those steps: a diagnostic of
     the mechanism behind a BP-vs-FTP gap, cheap enough for every bit width."""
-    jobs = quantized_jobs({**P, "seeds": P["seeds"][:1], "levels": [level], "signal_ablation": None,
-                           "stable_gamma": None, "master_copy": None}, dataset)
+    jobs = _sparsity_jobs(P, dataset, level)
     dev = resolve_device(P["device"])
     data = load_data(normalize_config(jobs[0]["config"]), dev)
     rows = []
