@@ -567,27 +567,40 @@ def quantized_metrics(fin: pd.DataFrame) -> dict:
     return out
 
 
-def paper_length_metrics(fin: pd.DataFrame) -> dict:
-    """The ``paper_length`` parts (:func:`_paper_length`): epochs, mean (sd) final accuracy per method and bit
-    width, diverged runs, and the claims' checks (:func:`_robustness`) — against BP's runs of the same length;
-    the readings at ``stable_gamma`` under ``stable_gamma``, against the same BP runs. {} when not run."""
+def _full_means(fin: pd.DataFrame, part: str) -> tuple[dict, dict]:
+    """One part's ``full``-level mean and sd final accuracy, ``{method: {bits: value}}`` each."""
+    acc, sd = _means(quantized_stats(fin, part))
+    return acc.get("full", {}), sd.get("full", {})
+
+
+def _part_and_stable_twin(fin: pd.DataFrame, base: str, summary) -> dict:
+    """A labelled part (``master_copy``, ``paper_length``) and its ``<base>_stable_gamma`` twin: ``summary(part,
+    rows)`` of each that ran, the twin's under ``stable_gamma`` with its γ. {} when neither ran."""
     out: dict = {}
-    bp: dict = {}
-    for part in ("paper_length", "paper_length_stable_gamma"):
+    for part in (base, f"{base}_stable_gamma"):
         rows = part_of(fin, part)
         if not len(rows):
             continue
-        acc, sd = _means(quantized_stats(fin, part))
-        acc, sd = acc.get("full", {}), sd.get("full", {})
-        bp = bp or acc.get("BP", {})
-        res = {"epochs": int(rows.epochs.iloc[0]), "final_test_acc": acc, "final_test_acc_sd": sd,
-               "seeds": sorted(int(x) for x in set(rows.seed)), "diverged": _diverged(rows),
-               **_robustness({m: v for m, v in acc.items() if m != "BP"}, bp)}
-        if part == "paper_length":
+        res = summary(part, rows)
+        if part == base:
             out.update(res)
         else:
             out["stable_gamma"] = {"gamma": float(rows.gamma.iloc[0]), **res}
     return out
+
+
+def paper_length_metrics(fin: pd.DataFrame) -> dict:
+    """The ``paper_length`` parts (:func:`_paper_length`): epochs, mean (sd) final accuracy per method and bit
+    width, diverged runs, and the claims' checks (:func:`_robustness`) — against BP's runs of the same length;
+    the readings at ``stable_gamma`` under ``stable_gamma``, against the same BP runs. {} when not run."""
+    bp = _full_means(fin, "paper_length")[0].get("BP", {})
+
+    def summary(part, rows):
+        acc, sd = _full_means(fin, part)
+        return {"epochs": int(rows.epochs.iloc[0]), "final_test_acc": acc, "final_test_acc_sd": sd,
+                "seeds": sorted(int(x) for x in set(rows.seed)), "diverged": _diverged(rows),
+                **_robustness({m: v for m, v in acc.items() if m != "BP"}, bp)}
+    return _part_and_stable_twin(fin, "paper_length", summary)
 
 
 def master_copy_metrics(fin: pd.DataFrame) -> dict:
@@ -596,29 +609,20 @@ def master_copy_metrics(fin: pd.DataFrame) -> dict:
     the sweep's, and the ``stable_gamma`` part's for the readings at that γ; a copy changes nothing in float)
     against BP's drop with the copy (BP has no γ: the readings at stable_gamma are compared with the same BP
     runs). {} when the parts did not run."""
-    def full_means(part):
-        acc, sd = _means(quantized_stats(fin, part))
-        return acc.get("full", {}), sd.get("full", {})
-    floats = {"master_copy": full_means("sweep")[0], "master_copy_stable_gamma": full_means("stable_gamma")[0]}
+    floats = {"master_copy": _full_means(fin, "sweep")[0],
+              "master_copy_stable_gamma": _full_means(fin, "stable_gamma")[0]}
 
     def with_32(part, m, accs):  # a method's accuracies with the copy, beside its float (32-bit) run
         f = floats[part].get(m, {})
         return {**({"32": f["32"]} if "32" in f else {}), **accs}
-    bp = with_32("master_copy", "BP", full_means("master_copy")[0].get("BP", {}))
-    out: dict = {}
-    for part in ("master_copy", "master_copy_stable_gamma"):
-        rows = part_of(fin, part)
-        if not len(rows):
-            continue
-        acc, sd = full_means(part)
-        res = {"final_test_acc": acc, "final_test_acc_sd": sd, "seeds": sorted(int(x) for x in set(rows.seed)),
-               "diverged": int((rows.status != "ok").sum()),
-               **_robustness({m: with_32(part, m, v) for m, v in acc.items() if m != "BP"}, bp)}
-        if part == "master_copy":
-            out.update(res)
-        else:
-            out["stable_gamma"] = {"gamma": float(rows.gamma.iloc[0]), **res}
-    return out
+    bp = with_32("master_copy", "BP", _full_means(fin, "master_copy")[0].get("BP", {}))
+
+    def summary(part, rows):
+        acc, sd = _full_means(fin, part)
+        return {"final_test_acc": acc, "final_test_acc_sd": sd, "seeds": sorted(int(x) for x in set(rows.seed)),
+                "diverged": int((rows.status != "ok").sum()),
+                **_robustness({m: with_32(part, m, v) for m, v in acc.items() if m != "BP"}, bp)}
+    return _part_and_stable_twin(fin, "master_copy", summary)
 
 
 def plot_master_copy(fin: pd.DataFrame, dataset: str, P: dict | None = None):
@@ -717,11 +721,10 @@ def plot_signal_ablation(fin: pd.DataFrame, norms: pd.DataFrame, dataset: str):
 
 @torch_threads(1)  # as the runs train: the same digits at any core count
 def _sparsity_jobs(P: dict, dataset: str, level: str) -> list[dict]:
-    """The sweep's own runs of one level and its first seed: every labelled part off (a part's runs at the same
-    bits and seed would be averaged in with the sweep's)."""
-    jobs = quantized_jobs({**P, "seeds": P["seeds"][:1], "levels": [level], "signal_ablation": None,
-                           "stable_gamma": None, "master_copy": None, "paper_length": None}, dataset)
-    return [j for j in jobs if j["part"] == "sweep"]
+    """The sweep's own runs of one level and its first seed, selected by ``part`` (a labelled part's runs at the
+    same bits and seed would be averaged in with the sweep's; naming each part to switch off missed a new one)."""
+    return [j for j in quantized_jobs({**P, "seeds": P["seeds"][:1], "levels": [level]}, dataset)
+            if j["part"] == "sweep"]
 
 
 def update_sparsity(P: dict, dataset: str, steps: int = 20, level: str = "full") -> pd.DataFrame:
