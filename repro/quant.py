@@ -29,13 +29,15 @@ def quantize(x: torch.Tensor, bits: int, rounding: str = "nearest", scale: str |
         s = torch.tensor(float(scale) / q, dtype=x.dtype, device=x.device)
     else:
         raise ConfigError(f"scale={scale!r} must be 'dynamic' or a positive clipping value")
-    if float(s) == 0.0:
-        return torch.zeros_like(x)
-    v = x / s
+    s = s.detach()
     if rounding == "nearest":
-        v = torch.round(v)
+        # No host round trip (a CUDA sync per call): s = 0 only when x is all zeros, which round to zeros
+        # anyway, so dividing by 1 there gives the same zeros; for s != 0 this is x / s, bit for bit.
+        v = torch.round(x / torch.where(s == 0, torch.ones_like(s), s))
     else:
-        v = torch.floor(v + torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device))
+        if float(s) == 0.0:  # kept on the host: an all-zero tensor draws no random numbers (runs' RNG streams)
+            return torch.zeros_like(x)
+        v = torch.floor(x / s + torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device))
     return torch.clamp(v, -q, q) * s
 
 

@@ -47,6 +47,24 @@ def test_float_passthrough_zero_and_bad_arguments():
         quantize(x, 4, "up")
 
 
+def test_quantize_is_the_formula_bit_for_bit_and_all_zeros_stay_zero():
+    """Nearest rounding has no host round trip (s = 0 is handled on the device): still s·clip(round(x/s)) exactly,
+    so cached runs stay what this code computes; an all-zero tensor gives zeros (no NaN) either way, and
+    stochastic rounding of one draws no random numbers (a run's RNG stream is as before)."""
+    g = torch.Generator().manual_seed(3)
+    for bits in (2, 4, 8):
+        x = torch.randn(64, 32, generator=g)
+        s = x.abs().max() / (2 ** (bits - 1) - 1)
+        ref = torch.clamp(torch.round(x / s), -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) * s
+        assert torch.equal(quantize(x, bits), ref)
+    for rounding in ("nearest", "stochastic"):
+        z = torch.zeros(4, 3)
+        g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        y = quantize(z, 3, rounding, generator=g1)
+        assert torch.equal(y, z) and not y.isnan().any()
+        assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+
+
 def test_noise_models():
     g = torch.Generator().manual_seed(2)
     w = torch.ones(100_000)

@@ -191,3 +191,18 @@ def test_cpu_speed_probe_compares_settings_and_histories_and_names_bad_input(cap
         mod.main([str(path), "--epochs", "0"])
     with pytest.raises(SystemExit, match="--threads 0"):
         mod.main([str(path), "--threads", "0"])
+
+
+def test_steptime_times_the_chosen_runs_and_names_a_bad_choice(capsys, mirror, tmp_path, monkeypatch):
+    """scripts/steptime.py (the README's GPU plan uses it): one line per run picked by its columns."""
+    mod = _script("steptime", monkeypatch, mirror, tmp_path)
+    smoke = str(ROOT / "params.smoke.yaml")
+    rows = mod.main(["f3_depth|algorithm=DFA,seed=1", "foton_alignment|method=PEPITA", "--params", smoke,
+                     "--steps", "2", "--device", "cpu"])
+    assert [r["run"] for r in rows] == ["f3_depth|algorithm=DFA,seed=1", "foton_alignment|method=PEPITA"]
+    assert all(r["ms_per_step"] > 0 and r["steps_per_epoch"] >= 1 and r["minutes_per_run"] > 0 for r in rows)
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    with pytest.raises(SystemExit, match=r"no run of f3_depth has \{'algorithm': 'XX'\}"):
+        mod.main(["f3_depth|algorithm=XX", "--params", smoke])
+    with pytest.raises(SystemExit, match="--steps=0"):
+        mod.main(["f3_depth|algorithm=DFA", "--params", smoke, "--steps", "0"])
