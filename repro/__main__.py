@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--params", default="params.yaml")
     s.add_argument("--results", default="results")
     s.add_argument("--only", action="append", default=[], metavar="COLUMN=VALUE",
-                   help="train only the jobs whose column (dataset, algorithm, seed) has this value")
+                   help="train only the jobs whose column (dataset, algorithm, method, seed, …) has this value or one of "
+                        "these (COLUMN=A,B); repeat for more columns")
     s.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch threads per run (default: params' `threads`, REPRO_THREADS, else 1 — the digits of a "
                         "CPU run depend on it; a record names its count)")
@@ -52,13 +53,12 @@ def main(argv: list[str] | None = None) -> int:
             for n in names:
                 print(f"{n}: {data.fetch(n)}")
         elif a.cmd == "sweep":
-            from .figures.common import load_params
+            from .figures.common import load_params, parse_only
             from .figures import SECTIONS
             P = {**load_params(a.section, a.params), "restore_weights": a.restore_weights}
             if a.threads is not None:
                 P["threads"] = a.threads
-            only = dict(o.split("=", 1) for o in a.only)
-            SECTIONS[a.section](a.section, P, a.results, only=only)
+            SECTIONS[a.section](a.section, P, a.results, only=parse_only(a.only))
         elif a.cmd == "check":
             from .claims import main as check_main
             return check_main(a.claims, as_markdown=a.markdown)

@@ -205,7 +205,26 @@ def test_cli_sweep_passes_restore_weights_to_the_section(monkeypatch):
         (P["restore_weights"], only)))
     assert main(["sweep", "ftp_table", "--only", "dataset=mnist", "--restore-weights"]) in (0, None)
     assert main(["sweep", "ftp_table", "--only", "dataset=mnist"]) in (0, None)
-    assert seen == [(True, {"dataset": "mnist"}), (False, {"dataset": "mnist"})]
+    assert seen == [(True, {"dataset": ["mnist"]}), (False, {"dataset": ["mnist"]})]
+
+
+def test_cli_sweep_only_takes_alternatives_and_names_an_empty_or_bad_selection(monkeypatch, capsys, tmp_path):
+    """``--only COL=A,B`` keeps the jobs whose column is A or B (columns are ANDed); a selection of no job, or an
+    --only without '=', is one line naming what the section has."""
+    from repro.__main__ import main
+    from repro.figures import common
+    trained = []
+    monkeypatch.setattr(common, "run_all", lambda jobs, store, P, desc: trained.extend(jobs) or [])
+    args = ["sweep", "ftp_quantized", "--params", "params.smoke.yaml", "--results", str(tmp_path)]
+    assert main(args + ["--only", "dataset=mnist", "--only", "method=BP,FTP (output step)", "--only", "seed=1",
+                        "--only", "level=full"]) in (0, None)
+    assert trained and {j["method"] for j in trained} == {"BP", "FTP (output step)"}
+    assert {(j["seed"], j["level"], j["dataset"]) for j in trained} == {(1, "full", "mnist")}
+    assert main(args + ["--only", "dataset=mnist", "--only", "method=XX"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no run of ftp_quantized matches" in err and "'BP'" in err
+    assert main(args + ["--only", "seed"]) == 2
+    assert "write COLUMN=VALUE" in capsys.readouterr().err
 
 
 def test_cli_sweep_threads_reach_the_sweep_and_bad_counts_are_one_line(monkeypatch, capsys):

@@ -37,10 +37,14 @@ def _sweep(section, P, results, only=None):
     """Train a section's runs without the notebook, e.g. in the background on a GPU machine
     (``python -m repro sweep foton_depth --only dataset=mnist``); the stage's notebook then finds them all
     in the run cache. Per-dataset sections put each dataset's runs in ``results/<section>/<dataset>``."""
-    from .common import run_all, store_for
+    from .common import run_all, select_jobs, store_for
     only = dict(only or {})
-    datasets = ([only.pop("dataset")] if "dataset" in only else P["datasets"]) if section in PER_DATASET else []
-    jobs = [j for j in _jobs_for(section, P, datasets) if all(str(j.get(k)) == v for k, v in only.items())]
+    if section in PER_DATASET:
+        ds = only.pop("dataset", P["datasets"])
+        datasets = list(ds) if isinstance(ds, (list, tuple)) else [ds]
+    else:
+        datasets = []
+    jobs = select_jobs(_jobs_for(section, P, datasets), only, section)
     by_store: dict[str, list] = {}
     for j in jobs:
         sub = f"{section}/{j['dataset']}" if section in PER_DATASET else section
