@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             for n in names:
                 print(f"{n}: {data.fetch(n)}")
         elif a.cmd == "sweep":
-            from .figures.common import load_params, parse_only
-            from .figures import SECTIONS
+            from .figures.common import load_params
+            from .figures import SECTIONS, parse_only
             P = {**load_params(a.section, a.params), "restore_weights": a.restore_weights}
             if a.threads is not None:
                 P["threads"] = a.threads

@@ -1,10 +1,16 @@
 """Sweep definitions and plots, one module per paper. Each figure section of ``params.yaml`` maps to a
 function here that builds the run configs, trains what is not cached, and returns tidy DataFrames."""
+from __future__ import annotations
+
+from ..models import ConfigError
 
 
 def _f3(section, P, results, only=None):
     from . import f3
-    return f3.run(section, P, results, only=only)
+    if not only:
+        return f3.run(section, P, results)
+    from .common import run_all, store_for  # a CLI subset (``sweep --only``): train it, the stage plots the rest
+    run_all(select_jobs(f3.JOBS[section](P), only, section), store_for(section, results), P, desc=section)
 
 
 SECTIONS = {"f3_regression": _f3, "f3_mnist": _f3, "f3_variants": _f3, "f3_depth": _f3, "f3_vit": _f3}
@@ -33,11 +39,35 @@ def jobs(section: str, P: dict) -> list[dict]:
     return _jobs_for(section, P, P["datasets"] if section in PER_DATASET else [])
 
 
+def parse_only(items: list[str]) -> dict[str, list[str]]:
+    """``sweep --only COLUMN=VALUE[,VALUE…]`` (repeatable): {column: allowed values}; one clear line otherwise."""
+    only: dict[str, list[str]] = {}
+    for it in items:
+        col, eq, vals = it.partition("=")
+        if not eq or not col or not vals:
+            raise ConfigError(f"--only {it!r}: write COLUMN=VALUE or COLUMN=VALUE,VALUE (e.g. seed=2 or seed=2,3)")
+        only.setdefault(col, []).extend(v for v in vals.split(",") if v != "")
+    return only
+
+
+def select_jobs(jobs: list[dict], only: dict | None, section: str) -> list[dict]:
+    """The jobs whose every column in ``only`` ({column: value or list of values}) equals one of its values;
+    a selection that matches no job is an error naming the values the section has."""
+    if not only:
+        return jobs
+    want = {k: [str(x) for x in (v if isinstance(v, (list, tuple)) else [v])] for k, v in only.items()}
+    sel = [j for j in jobs if all(str(j.get(k)) in vs for k, vs in want.items())]
+    if not sel:
+        have = {k: sorted({str(j[k]) for j in jobs if k in j}) for k in want}
+        raise ConfigError(f"--only {want}: no run of {section} matches; its values: {have}")
+    return sel
+
+
 def _sweep(section, P, results, only=None):
     """Train a section's runs without the notebook, e.g. in the background on a GPU machine
     (``python -m repro sweep foton_depth --only dataset=mnist``); the stage's notebook then finds them all
     in the run cache. Per-dataset sections put each dataset's runs in ``results/<section>/<dataset>``."""
-    from .common import run_all, select_jobs, store_for
+    from .common import run_all, store_for
     only = dict(only or {})
     if section in PER_DATASET:
         ds = only.pop("dataset", P["datasets"])

@@ -51,30 +51,6 @@ def store_for(section: str, results: str | Path = "results") -> RunStore:
     return RunStore(base / "runs", base / "weights", shared)
 
 
-def parse_only(items: list[str]) -> dict[str, list[str]]:
-    """``sweep --only COLUMN=VALUE[,VALUE…]`` (repeatable): {column: allowed values}; one clear line otherwise."""
-    only: dict[str, list[str]] = {}
-    for it in items:
-        col, eq, vals = it.partition("=")
-        if not eq or not col or not vals:
-            raise ConfigError(f"--only {it!r}: write COLUMN=VALUE or COLUMN=VALUE,VALUE (e.g. seed=2 or seed=2,3)")
-        only.setdefault(col, []).extend(v for v in vals.split(",") if v != "")
-    return only
-
-
-def select_jobs(jobs: list[dict], only: dict | None, section: str) -> list[dict]:
-    """The jobs whose every column in ``only`` ({column: value or list of values}) equals one of its values;
-    a selection that matches no job is an error naming the values the section has."""
-    if not only:
-        return jobs
-    want = {k: [str(x) for x in (v if isinstance(v, (list, tuple)) else [v])] for k, v in only.items()}
-    sel = [j for j in jobs if all(str(j.get(k)) in vs for k, vs in want.items())]
-    if not sel:
-        have = {k: sorted({str(j[k]) for j in jobs if k in j}) for k in want}
-        raise ConfigError(f"--only {want}: no run of {section} matches; its values: {have}")
-    return sel
-
-
 def run_all(jobs: list[dict], store: RunStore, P: dict, desc: str) -> list[dict]:
     """``jobs``: dicts with ``config`` plus descriptive columns; returns them with ``record`` added.
     ``P["restore_weights"]`` (set by ``python -m repro sweep --restore-weights``, never in params.yaml): then

@@ -13,8 +13,7 @@ import seaborn as sns
 
 from ..rules import rule_config
 from ..rules.f3 import F3
-from .common import (agg, budget, final_frame, fixed_jitter, gap_closed, history_frame, run_all, select_jobs,
-                     store_for)
+from .common import agg, budget, final_frame, fixed_jitter, gap_closed, history_frame, run_all, store_for
 
 # Numbers printed in the paper (f3.md §4), drawn as references.
 REPORTED = {
@@ -216,8 +215,8 @@ JOBS = {"f3_regression": regression_jobs, "f3_mnist": mnist_jobs, "f3_variants":
 
 def run(section: str, P: dict, results: str = "results", only: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train (or load from the run cache) every run of a section; (per-epoch frame, final frame).
-    ``only``: {column: value or values} keeps a subset of the jobs (e.g. {"dataset": "wine_quality"})."""
-    jobs = select_jobs(JOBS[section](P), only, section)
+    ``only``: {column: value} keeps a subset of the jobs (e.g. {"dataset": "wine_quality"})."""
+    jobs = [j for j in JOBS[section](P) if all(str(j.get(k)) == str(v) for k, v in (only or {}).items())]
     done = run_all(jobs, store_for(section, results), P, desc=section)
     return history_frame(done), final_frame(done)
 
