@@ -7,7 +7,7 @@
 # here and carry .gpu with the next call, and its runs go on from their last saved epoch (a run longer than
 # one 10-minute command finishes over several).
 # usage: scripts/gpu_batch.sh PARAMS SECONDS "WORKERS SECTION [--only COL=VAL ...]" ...
-# The machine's own python3 (its torch) is used; carry data/ (the dataset cache) with the call.
+# The machine's own python3 (its torch) is used (PY overrides it); carry data/ (the dataset cache) with the call.
 set -u
 params=$1; secs=$2; shift 2
 out=${OUT:-/tmp/gpu_batch_out}; logs=/tmp/gpu_batch_logs
@@ -20,7 +20,7 @@ i=0
 for job in "$@"; do
   i=$((i + 1))
   read -r workers rest <<< "$job"
-  (REPRO_WORKERS=$workers timeout "$secs" python3 -m repro sweep $rest --params "$params" \
+  (REPRO_WORKERS=$workers timeout "$secs" "${PY:-python3}" -m repro sweep $rest --params "$params" \
      > "$logs/sweep$i.log" 2>&1; echo "[$job] exit $?" >> "$logs/sweep$i.log") &
 done
 wait

@@ -206,3 +206,27 @@ def test_steptime_times_the_chosen_runs_and_names_a_bad_choice(capsys, mirror, t
         mod.main(["f3_depth|algorithm=XX", "--params", smoke])
     with pytest.raises(SystemExit, match="--steps=0"):
         mod.main(["f3_depth|algorithm=DFA", "--params", smoke, "--steps", "0"])
+
+
+def test_gpu_batch_runs_sweeps_side_by_side_and_packs_their_new_records(mirror, tmp_path):
+    """scripts/gpu_batch.sh (the README's prepared GPU call) on this CPU: two sweeps side by side under a time
+    limit; the new run records come back in $OUT/runs.tgz, the logs in logs.tgz, (no) checkpoints in ckpt.tgz."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    (tmp_path / "repro").symlink_to(ROOT / "repro")
+    (tmp_path / "params.smoke.yaml").write_text((ROOT / "params.smoke.yaml").read_text())
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PY": sys.executable, "REPRO_DATA_MIRROR": str(mirror),
+           "REPRO_DATA_ROOT": str(tmp_path / "data"), "REPRO_DEVICE": "cpu"}
+    sel = "--only dataset=wine_quality --only seed=1"
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_batch.sh"), "params.smoke.yaml", "300",
+                        f"1 f3_regression {sel} --only algorithm=BP,DFA", f"1 f3_regression {sel} --only algorithm=DRTP"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "3 new run records" in r.stdout
+    with tarfile.open(out / "runs.tgz") as t:
+        names = t.getnames()
+    assert len(names) == 3 and all(n.startswith("results/f3_regression/runs/") and n.endswith(".json") for n in names)
+    assert (out / "logs.tgz").is_file() and (out / "ckpt.tgz").is_file()
