@@ -9,6 +9,8 @@ Each argument picks the first run of SECTION (its jobs as ``params``/P builds th
 model, rule, optimizer), takes 3 untimed steps, then N timed ones (the device synchronised around them),
 and the line printed gives ms a step, steps an epoch and epochs, and minutes a run for the training steps
 alone (evaluation and checkpoints excluded). All in one process, so CUDA and each dataset are set up once.
+A rule with periodic work (FOTON's Björck every o steps, 𝔽 refreshed every ff) needs N of at least that
+period, and a multiple of it, for the mean to include it.
 Measured on this 2-core CPU (session 34, one thread): f3_depth at depth 100 ≈ 0.70 s a DFA step, 0.91 s a BP step
 (1,510 steps an epoch, 200 epochs: ≈ 59 and 76 h a run).
 """
