@@ -23,22 +23,26 @@ def quantize(x: torch.Tensor, bits: int, rounding: str = "nearest", scale: str |
     if bits >= 32:
         return x
     q = 2 ** (bits - 1) - 1
+    x = x.detach()  # rounding passes no gradient (Hardware.act's straight-through estimator is explicit)
     if scale == "dynamic":
-        s = x.abs().max() / q
+        lo, hi = torch.aminmax(x)  # max|x| in one pass and no |x| tensor: the same number as x.abs().max()
+        s = torch.maximum(-lo, hi) / q
     elif isinstance(scale, (int, float)) and scale > 0:
         s = torch.tensor(float(scale) / q, dtype=x.dtype, device=x.device)
     else:
         raise ConfigError(f"scale={scale!r} must be 'dynamic' or a positive clipping value")
-    s = s.detach()
+    # One new tensor, then in place: the same operations in the same order as s·clip(round(x/s)), so the
+    # same bits, without a fresh weight-sized allocation per operation (on the CPU each costs page faults).
     if rounding == "nearest":
         # No host round trip (a CUDA sync per call): s = 0 only when x is all zeros, which round to zeros
         # anyway, so dividing by 1 there gives the same zeros; for s != 0 this is x / s, bit for bit.
-        v = torch.round(x / torch.where(s == 0, torch.ones_like(s), s))
+        v = torch.div(x, torch.where(s == 0, torch.ones_like(s), s)).round_()
     else:
         if float(s) == 0.0:  # kept on the host: an all-zero tensor draws no random numbers (runs' RNG streams)
             return torch.zeros_like(x)
-        v = torch.floor(x / s + torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device))
-    return torch.clamp(v, -q, q) * s
+        r = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        v = torch.div(x, s).add_(r).floor_()  # floor(x/s + U)
+    return v.clamp_(-q, q).mul_(s)
 
 
 def write_noise(w: torch.Tensor, kappa: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -48,8 +48,9 @@ def test_float_passthrough_zero_and_bad_arguments():
 
 
 def test_quantize_is_the_formula_bit_for_bit_and_all_zeros_stay_zero():
-    """Nearest rounding has no host round trip (s = 0 is handled on the device): still s·clip(round(x/s)) exactly,
-    so cached runs stay what this code computes; an all-zero tensor gives zeros (no NaN) either way, and
+    """Nearest rounding has no host round trip (s = 0 is handled on the device) and both roundings work in place
+    after one division: still s·clip(round(x/s)) and s·clip(floor(x/s + U)) exactly, so cached runs stay what
+    this code computes; an all-zero tensor gives zeros (no NaN) either way, and
     stochastic rounding of one draws no random numbers (a run's RNG stream is as before)."""
     g = torch.Generator().manual_seed(3)
     for bits in (2, 4, 8):
@@ -57,6 +58,12 @@ def test_quantize_is_the_formula_bit_for_bit_and_all_zeros_stay_zero():
         s = x.abs().max() / (2 ** (bits - 1) - 1)
         ref = torch.clamp(torch.round(x / s), -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) * s
         assert torch.equal(quantize(x, bits), ref)
+        g1, g2 = torch.Generator().manual_seed(bits), torch.Generator().manual_seed(bits)
+        ref = torch.clamp(torch.floor(x / s + torch.rand(x.shape, generator=g2)), -(2 ** (bits - 1) - 1),
+                          2 ** (bits - 1) - 1) * s
+        assert torch.equal(quantize(x, bits, "stochastic", generator=g1), ref)
+    w = torch.randn(8, requires_grad=True)
+    assert not quantize(w * 2.0, 4).requires_grad  # no gradient through rounding (the STE is Hardware.act's)
     for rounding in ("nearest", "stochastic"):
         z = torch.zeros(4, 3)
         g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
