@@ -225,6 +225,10 @@ def test_cli_sweep_only_takes_alternatives_and_names_an_empty_or_bad_selection(m
     assert err.count("\n") == 1 and "no run of ftp_quantized matches" in err and "'BP'" in err
     assert main(args + ["--only", "seed"]) == 2
     assert "write COLUMN=VALUE" in capsys.readouterr().err
+    trained.clear()  # an F³ section (its own entry point): the same selection
+    assert main(["sweep", "f3_regression", "--params", "params.smoke.yaml", "--results", str(tmp_path),
+                 "--only", "algorithm=BP,DFA", "--only", "dataset=wine_quality"]) in (0, None)
+    assert {(j["algorithm"], j["dataset"]) for j in trained} == {("BP", "wine_quality"), ("DFA", "wine_quality")}
 
 
 def test_cli_sweep_threads_reach_the_sweep_and_bad_counts_are_one_line(monkeypatch, capsys):
