@@ -6,7 +6,8 @@
 # .gpu/ckpt/ (REPRO_CHECKPOINT_DIR); those checkpoints come back in $OUT/ckpt.tgz: unpack them into .gpu/ckpt
 # here and carry .gpu with the next call, and its runs go on from their last saved epoch (a run longer than
 # one 10-minute command finishes over several).
-# usage: scripts/gpu_batch.sh PARAMS SECONDS "WORKERS SECTION [--only COL=VAL ...]" ...
+# usage: scripts/gpu_batch.sh PARAMS SECONDS "WORKERS SECTION [--only COL=VAL[,VAL] ...]" ...
+#   (a value with spaces is quoted inside the job string: "4 ftp_quantized --only 'method=BP,FTP (output step)'")
 # The machine's own python3 (its torch) is used (PY overrides it); carry data/ (the dataset cache) with the call.
 set -u
 params=$1; secs=$2; shift 2
@@ -20,7 +21,8 @@ i=0
 for job in "$@"; do
   i=$((i + 1))
   read -r workers rest <<< "$job"
-  (REPRO_WORKERS=$workers timeout "$secs" "${PY:-python3}" -m repro sweep $rest --params "$params" \
+  eval "args=($rest)"  # the job string's own quoting holds: --only 'method=BP,FTP (output step)'
+  (REPRO_WORKERS=$workers timeout "$secs" "${PY:-python3}" -m repro sweep "${args[@]}" --params "$params" \
      > "$logs/sweep$i.log" 2>&1; echo "[$job] exit $?" >> "$logs/sweep$i.log") &
 done
 wait

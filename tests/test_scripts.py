@@ -222,7 +222,7 @@ def test_gpu_batch_runs_sweeps_side_by_side_and_packs_their_new_records(mirror, 
            "REPRO_DATA_ROOT": str(tmp_path / "data"), "REPRO_DEVICE": "cpu"}
     sel = "--only dataset=wine_quality --only seed=1"
     r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_batch.sh"), "params.smoke.yaml", "300",
-                        f"1 f3_regression {sel} --only algorithm=BP,DFA", f"1 f3_regression {sel} --only algorithm=DRTP"],
+                        f"1 f3_regression {sel} --only 'algorithm=BP,DFA'", f"1 f3_regression {sel} --only algorithm=DRTP"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "3 new run records" in r.stdout
