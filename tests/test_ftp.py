@@ -659,6 +659,8 @@ def test_update_sparsity_measures_the_sweeps_runs_only():
     jobs = F._sparsity_jobs(P, "mnist", "full")
     assert {j["part"] for j in jobs} == {"sweep"} and {j["seed"] for j in jobs} == {1}
     assert sorted((j["method"], j["bits"]) for j in jobs) == sorted((m, b) for m in P["methods"] for b in P["bits"])
+    import inspect
+    assert "@torch_threads(1)" in inspect.getsource(F.update_sparsity)  # the diagnostic, not the job list, on 1 thread
 
 
 def test_noise_master_copy_reruns_the_stored_kinds_with_a_copy_and_is_judged_against_bp_with_one():

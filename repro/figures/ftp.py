@@ -719,7 +719,6 @@ def plot_signal_ablation(fin: pd.DataFrame, norms: pd.DataFrame, dataset: str):
     return fig
 
 
-@torch_threads(1)  # as the runs train: the same digits at any core count
 def _sparsity_jobs(P: dict, dataset: str, level: str) -> list[dict]:
     """The sweep's own runs of one level and its first seed, selected by ``part`` (a labelled part's runs at the
     same bits and seed would be averaged in with the sweep's; naming each part to switch off missed a new one)."""
@@ -727,6 +726,7 @@ def _sparsity_jobs(P: dict, dataset: str, level: str) -> list[dict]:
             if j["part"] == "sweep"]
 
 
+@torch_threads(1)  # as the runs train: the same digits at any core count
 def update_sparsity(P: dict, dataset: str, steps: int = 20, level: str = "full") -> pd.DataFrame:
     """ftp.md §8: per weight layer, the fraction of update entries that are exactly zero after rounding
     (``zero_update``: the rule wrote 0 into ``.grad`` — the rounded learning signal vanished) and the
