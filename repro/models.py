@@ -176,6 +176,16 @@ class MLP(nn.Module):
 
 
 IMAGE_SHAPES = {784: (1, 28, 28), 3072: (3, 32, 32)}  # flat input size -> (channels, height, width)
+def max_pool_2x2(h: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(h, 2)`` (2×2 windows, stride 2, a trailing odd row/column dropped) as two strided
+    elementwise maxima: the same values — a maximum is exact and NaN propagates in both — for no gradient.
+    On this CPU (torch 2.14, one thread) ``F.max_pool2d`` takes ≈ 7 ms for a [50, 32, 24, 24] map, this 0.3 ms:
+    it was 40 % of an FTP CNN step (session 35)."""
+    H, W = h.shape[-2] // 2 * 2, h.shape[-1] // 2 * 2
+    rows = torch.maximum(h[..., 0:H:2, :W], h[..., 1:H:2, :W])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
 CNN_DEFAULTS = {"channels": [4, 4], "fc": [], "kernel": 6, "padding": 2, "pool": "max", "bn": True,
                 "conv_dropout": 0.0, "fc_dropout": 0.0, "fc_act": "identity", "bias": True, "stride": 1,
                 "pool_scale": 1.0}
@@ -247,8 +257,13 @@ class CNN(nn.Module):
         return self.bns[i](self.convs[i](h))
 
     def pool(self, h: torch.Tensor) -> torch.Tensor:
-        """2×2 pooling; ``pool_scale`` multiplies it (2 makes average pooling row-orthonormal: P Pᵀ = I)."""
-        p = (F.max_pool2d if self.pool_name == "max" else F.avg_pool2d)(h, 2)
+        """2×2 pooling; ``pool_scale`` multiplies it (2 makes average pooling row-orthonormal: P Pᵀ = I).
+        Max pooling on the CPU where no gradient flows through it (forward-only rules, evaluation) is
+        :func:`max_pool_2x2` — the same values, ≈ 25× faster; with autograd (BP) it stays ``F.max_pool2d``."""
+        if self.pool_name == "max" and h.device.type == "cpu" and not (h.requires_grad and torch.is_grad_enabled()):
+            p = max_pool_2x2(h)
+        else:
+            p = (F.max_pool2d if self.pool_name == "max" else F.avg_pool2d)(h, 2)
         return p if self.pool_scale == 1.0 else p * self.pool_scale
 
     def conv_out(self, i: int, a: torch.Tensor) -> torch.Tensor:

@@ -778,6 +778,48 @@ def test_paper_length_rows_are_the_table_rows_at_other_epochs_and_stay_out_of_th
 
 
 
+def test_paper_length_cnn_rows_are_the_tables_cnn_runs_at_that_length_and_get_their_own_gap():
+    """``paper_length.cnn_methods`` (on ``cnn_seeds``): the table's CNN rows at paper length — the very configs a
+    100-epoch table trains, so runs trained ahead at the spec's scale serve them — with the CNN gap in its metrics
+    and the rows in the paper-length panel; an unknown method is one line."""
+    import pandas as pd
+    from repro.figures import ftp as F
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    from repro.train import run_key
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    T = load_params("ftp_table", root / "params.yaml")
+    L = {**T["paper_length"], "cnn_methods": ["BP", "FTP"], "cnn_seeds": [2]}
+    Tc = {**T, "paper_length": L}
+    cnn = [j for j in F.table_jobs(Tc, "mnist") if j["part"] == "paper_length" and j["method"].endswith("CNN")]
+    assert sorted((j["method"], j["seed"]) for j in cnn) == [("BP CNN", 2), ("FTP CNN", 2)]
+    full = F.table_jobs({**T, "epochs": L["epochs"], "milestones": L["milestones"], "paper_length": None}, "mnist")
+    full_cnn = {run_key(j["config"]) for j in full if j["method"].endswith("CNN")}
+    assert {run_key(j["config"]) for j in cnn} <= full_cnn
+    assert all(j["config"]["model"]["arch"] == "cnn" and j["config"]["epochs"] == L["epochs"] for j in cnn)
+    assert [j for j in F.table_jobs({**Tc, "paper_length": {**L, "cnn_seeds": []}}, "mnist")
+            if j["part"] == "paper_length" and j["method"].endswith("CNN")] == []
+    # the table's own CNN rows are unchanged by the refactor into _cnn_job: same rule, net and batch
+    t = next(j for j in F.table_jobs(T, "mnist") if j["method"] == "FTP CNN")["config"]
+    assert t["rule"] == {"name": "ftp", "gamma": T["gamma"]} and t["batch_size"] == T["cnn"]["batch_size"]
+    assert t["model"]["cnn"] == {"channels": T["cnn"]["channels"], "kernel": T["cnn"]["kernel"], "padding": 0,
+                                 "bn": False, "bias": False}
+    with pytest.raises(ConfigError, match=r"paper_length\.cnn_methods: \['FF'\] unknown"):
+        F.table_jobs({**T, "paper_length": {**L, "cnn_methods": ["FF"]}}, "mnist")
+
+    def row(part, m, acc):
+        return {"part": part, "method": m, "gamma": 0.2 if m.startswith("FTP") else None, "seed": 1,
+                "status": "ok", "final_test_acc": acc, "best_test_acc": acc}
+    fin = pd.DataFrame([row("table", "BP", 98.0), row("table", "BP CNN", 98.8), row("table", "FTP CNN", 93.5),
+                        row("paper_length", "BP", 98.3), row("paper_length", "BP CNN", 99.0),
+                        row("paper_length", "FTP CNN", 95.0)])
+    m = F.metrics(fin, Tc)
+    assert m["ftp_cnn_gap_to_bp_cnn"] == pytest.approx(5.3) and m["paper_length"]["ftp_cnn_gap_to_bp_cnn"] == 4.0
+    fig = F.plot_table(fin, Tc, "mnist")
+    assert [t.get_text() for t in fig.axes[2].get_xticklabels()] == ["BP", "BP CNN", "FTP CNN"]
+    __import__("matplotlib.pyplot").pyplot.close(fig)
+
+
 def test_paper_length_gammas_rerun_both_ftp_readings_at_other_gammas_and_pick_each_readings_best():
     """``paper_length.gammas``: the FTP readings (only) again at each other γ, at paper length — for τ₁ the same
     config as the table's γ-sweep point at that length (so one record serves both) — kept out of the

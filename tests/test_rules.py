@@ -451,3 +451,36 @@ def test_bp_with_dropout_is_autograd_of_the_masked_net():
     for bad in (0, 1.5, True):
         with pytest.raises(ConfigError, match="rule.keep"):
             make_rule({"name": "bp", "keep": bad})
+
+
+# ------------------------------------------------- 2×2 max pooling without autograd (models.max_pool_2x2)
+@pytest.mark.parametrize("shape", [(3, 4, 24, 24), (2, 3, 7, 9), (1, 2, 2, 3), (5, 1, 3, 4)])
+def test_max_pool_2x2_equals_max_pool2d_with_ties_nan_inf_and_odd_sizes(shape):
+    from repro.models import max_pool_2x2
+    g = torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(*shape, generator=g))  # ReLU: many exact ties at 0
+    x.view(-1)[:: 7] = 1.5  # ties among positive values
+    if x.numel() > 20:
+        x.view(-1)[3], x.view(-1)[11], x.view(-1)[17] = float("nan"), float("inf"), -float("inf")
+    ref = torch.nn.functional.max_pool2d(x, 2)
+    out = max_pool_2x2(x)
+    assert out.shape == ref.shape
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.nan_to_num(), ref.nan_to_num())
+
+
+def test_cnn_pools_without_autograd_by_max_pool_2x2_and_with_it_by_max_pool2d(monkeypatch):
+    """Forward-only rules and evaluation take the fast path; BP's autograd graph keeps F.max_pool2d (its
+    gradient routes each window to one index, which a maximum of two views would split on ties)."""
+    from repro import models as M
+    m = M.CNN((1, 8, 8), 3, channels=[2], kernel=3, padding=1, bn=False)
+    calls = []
+    monkeypatch.setattr(M, "max_pool_2x2", lambda h: calls.append("fast") or torch.nn.functional.max_pool2d(h, 2))
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        m(x)
+    assert calls == ["fast"]
+    m(x).sum().backward()  # parameters require grad: the pooled map is in the graph
+    assert calls == ["fast"]
+    x_leaf = torch.randn(4, 2, 8, 8)
+    assert M.max_pool_2x2 is not None and torch.equal(m.pool(x_leaf), torch.nn.functional.max_pool2d(x_leaf, 2))
+    assert calls == ["fast", "fast"]  # no grad needed through a map that does not require it

@@ -54,11 +54,29 @@ def _fc_job(P: dict, dataset: str, m: str, seed: int, hardware: dict | None = No
     return {"dataset": dataset, "method": m, **meta, "seed": seed, "config": cfg}
 
 
+# The CNN rows' rules (the conv nets train without dropout; PEPITA's conv update on the map before pooling)
+CNN_RULES = {"BP": {"name": "bp"}, "FTP": {"name": "ftp"}, "PEPITA": {"name": "pepita", "keep": 1.0},
+             "DRTP": {"name": "drtp"}}
+
+
+def _cnn_job(P: dict, dataset: str, m: str, seed: int, part: str) -> dict:
+    """One run of method ``m`` on the 1-conv CNN of the MAC sheet (``P["cnn"]``; ftp.md §4.2), no biases."""
+    C = P["cnn"]
+    rule = {**CNN_RULES[m], "gamma": P["gamma"]} if m == "FTP" else dict(CNN_RULES[m])
+    cnn = {"channels": list(C["channels"]), "kernel": C["kernel"], "padding": 0, "bn": False, "bias": False}
+    cfg = _cfg(P, dataset, rule, False, seed)
+    cfg["model"] = {"arch": "cnn", "act": P["act"], "loss": "ce", "init": "he_uniform", "cnn": cnn}
+    cfg["batch_size"] = C["batch_size"]
+    return {"dataset": dataset, "method": f"{m} CNN", "gamma": P["gamma"] if m == "FTP" else None,
+            "part": part, "seed": seed, "config": cfg}
+
+
 def table_jobs(P: dict, dataset: str) -> list[dict]:
     """The table's runs (``part`` ``table``): FC rows, CNN rows, and the γ sweep on ``gamma_sweep_dataset``.
-    ``paper_length`` (optional; ``{methods, epochs, milestones, seeds, datasets, gammas}``) adds FC rows at other
-    epochs and lr milestones (``part`` ``paper_length``; ``gammas``: the FTP readings among ``methods`` again at
-    each other γ): the spec's 100 epochs for a few methods where the
+    ``paper_length`` (optional; ``{methods, epochs, milestones, seeds, datasets, gammas, cnn_methods,
+    cnn_seeds}``) adds FC rows at other epochs and lr milestones (``part`` ``paper_length``; ``gammas``: the FTP
+    readings among ``methods`` again at each other γ; ``cnn_methods``: CNN rows too, on ``cnn_seeds``, default
+    ``seeds``): the spec's 100 epochs for a few methods where the
     whole table cannot run that long (README). Same nets and training otherwise, so a later full-length
     table reuses these runs from the run store."""
     jobs = []
@@ -67,15 +85,7 @@ def table_jobs(P: dict, dataset: str) -> list[dict]:
                  for m in P["methods"]]
         C = P.get("cnn") or {}
         cnn_seeds = C.get("seeds", P["seeds"])  # the CNN rows may run fewer seeds (cost; README)
-        for m in C.get("methods", []) if seed in cnn_seeds else []:  # the 1-conv CNN of the MAC sheet (ftp.md §4.2)
-            rule = {"BP": {"name": "bp"}, "FTP": {"name": "ftp", "gamma": P["gamma"]}, "DRTP": {"name": "drtp"},
-                    "PEPITA": {"name": "pepita", "keep": 1.0}}[m]  # the conv nets train without dropout
-            cnn = {"channels": list(C["channels"]), "kernel": C["kernel"], "padding": 0, "bn": False, "bias": False}
-            cfg = _cfg(P, dataset, rule, False, seed)
-            cfg["model"] = {"arch": "cnn", "act": P["act"], "loss": "ce", "init": "he_uniform", "cnn": cnn}
-            cfg["batch_size"] = C["batch_size"]
-            jobs.append({"dataset": dataset, "method": f"{m} CNN", "gamma": P["gamma"] if m == "FTP" else None,
-                         "part": "table", "seed": seed, "config": cfg})
+        jobs += [_cnn_job(P, dataset, m, seed, "table") for m in (C.get("methods", []) if seed in cnn_seeds else [])]
         if dataset == P["gamma_sweep_dataset"]:
             for g in P["gammas"]:
                 if g != P["gamma"]:
@@ -87,9 +97,14 @@ def table_jobs(P: dict, dataset: str) -> list[dict]:
         bad = [m for m in L["methods"] if m not in _fc_rules(P)]
         if bad:
             raise ConfigError(f"ftp_table.paper_length.methods: {bad} unknown; allowed: {', '.join(_fc_rules(P))}")
+        bad = [m for m in L.get("cnn_methods", []) if m not in CNN_RULES]
+        if bad:
+            raise ConfigError(f"ftp_table.paper_length.cnn_methods: {bad} unknown; allowed: {', '.join(CNN_RULES)}")
         Q = {**P, "epochs": L["epochs"], "milestones": L["milestones"]}
         jobs += [_fc_job(Q, dataset, m, seed, gamma=P["gamma"] if m.startswith("FTP") else None, part="paper_length")
                  for seed in L["seeds"] for m in L["methods"]]
+        jobs += [_cnn_job(Q, dataset, m, seed, "paper_length")  # the CNN rows at this length (the table's net)
+                 for seed in L.get("cnn_seeds", L["seeds"]) for m in L.get("cnn_methods", [])]
         for g in L.get("gammas", []):  # both FTP readings at other γ, same length (the γ sweep at paper length)
             if g != P["gamma"]:
                 jobs += [_fc_job({**Q, "gamma": g}, dataset, m, seed, gamma=g, part="paper_length")
@@ -145,6 +160,8 @@ def _accuracy(rows: pd.DataFrame) -> dict:
     for label, key in READINGS:
         if label in a and "BP" in a:
             out[f"{key}_fp32_within_2_of_bp"] = bool(a["BP"]["mean"] - a[label]["mean"] <= 2.0)
+    if "FTP CNN" in a and "BP CNN" in a:
+        out["ftp_cnn_gap_to_bp_cnn"] = a["BP CNN"]["mean"] - a["FTP CNN"]["mean"]
     return out
 
 
@@ -162,9 +179,6 @@ def metrics(fin: pd.DataFrame, P: dict) -> dict:
     out = {**_accuracy(main),
            "gamma_sweep": {str(k): float(g.final_test_acc.mean()) for k, g in ok[ok.method == "FTP"].groupby("gamma")},
            "diverged": _diverged(_at_table_gamma(table, P))}  # the γ sweep's runs: gamma_sweep (as paper_length)
-    a = out["final_test_acc"]
-    if "FTP CNN" in a and "BP CNN" in a:
-        out["ftp_cnn_gap_to_bp_cnn"] = a["BP CNN"]["mean"] - a["FTP CNN"]["mean"]
     if len(long):
         at_gamma = _at_table_gamma(long, P)
         out["paper_length"] = {**_accuracy(measured(at_gamma)), "epochs": P["paper_length"]["epochs"],
@@ -285,7 +299,7 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
     else:
         axes[1].set_axis_off()
     if len(long):  # the rows trained at the spec's length, beside the same methods' table means (hollow)
-        lorder = [m for m in L["methods"] if m in set(long.method)]
+        lorder = [m for m in L["methods"] + [f"{m} CNN" for m in L.get("cnn_methods", [])] if m in set(long.method)]
         sns.pointplot(long, x="method", y="final_test_acc", order=lorder, errorbar="sd", linestyle="none",
                       capsize=0.2, ax=axes[2], label=f"{L['epochs']} epochs (mean ± sd)")
         with fixed_jitter():
