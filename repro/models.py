@@ -176,6 +176,8 @@ class MLP(nn.Module):
 
 
 IMAGE_SHAPES = {784: (1, 28, 28), 3072: (3, 32, 32)}  # flat input size -> (channels, height, width)
+
+
 def max_pool_2x2(h: torch.Tensor) -> torch.Tensor:
     """``F.max_pool2d(h, 2)`` (2×2 windows, stride 2, a trailing odd row/column dropped) as two strided
     elementwise maxima: the same values — a maximum is exact and NaN propagates in both — for no gradient.
