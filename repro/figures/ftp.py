@@ -54,6 +54,13 @@ def _fc_job(P: dict, dataset: str, m: str, seed: int, hardware: dict | None = No
     return {"dataset": dataset, "method": m, **meta, "seed": seed, "config": cfg}
 
 
+def _known(name: str, values, allowed) -> None:
+    """One line naming the parameter if any of ``values`` is not in ``allowed``."""
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ConfigError(f"{name}: {bad} unknown; allowed: {', '.join(allowed)}")
+
+
 # The CNN rows' rules (the conv nets train without dropout; PEPITA's conv update on the map before pooling)
 CNN_RULES = {"BP": {"name": "bp"}, "FTP": {"name": "ftp"}, "PEPITA": {"name": "pepita", "keep": 1.0},
              "DRTP": {"name": "drtp"}}
@@ -94,12 +101,8 @@ def table_jobs(P: dict, dataset: str) -> list[dict]:
                                  "config": _cfg(P, dataset, rule, True, seed)})
     L = P.get("paper_length") or {}
     if L and dataset in L.get("datasets", [dataset]):
-        bad = [m for m in L["methods"] if m not in _fc_rules(P)]
-        if bad:
-            raise ConfigError(f"ftp_table.paper_length.methods: {bad} unknown; allowed: {', '.join(_fc_rules(P))}")
-        bad = [m for m in L.get("cnn_methods", []) if m not in CNN_RULES]
-        if bad:
-            raise ConfigError(f"ftp_table.paper_length.cnn_methods: {bad} unknown; allowed: {', '.join(CNN_RULES)}")
+        _known("ftp_table.paper_length.methods", L["methods"], _fc_rules(P))
+        _known("ftp_table.paper_length.cnn_methods", L.get("cnn_methods", []), CNN_RULES)
         Q = {**P, "epochs": L["epochs"], "milestones": L["milestones"]}
         jobs += [_fc_job(Q, dataset, m, seed, gamma=P["gamma"] if m.startswith("FTP") else None, part="paper_length")
                  for seed in L["seeds"] for m in L["methods"]]
@@ -397,9 +400,7 @@ def quantized_jobs(P: dict, dataset: str) -> list[dict]:
     rounded signal breaks a rule. Jobs carry ``part`` (``sweep`` or ``signal_ablation``)."""
     A = P.get("signal_ablation") or {}
     for name, levels in (("levels", P["levels"]), ("signal_ablation.levels", A.get("levels", []))):
-        bad = [lvl for lvl in levels if lvl not in LEVELS]
-        if bad:
-            raise ConfigError(f"ftp_quantized.{name}: {bad} unknown; allowed: {', '.join(LEVELS)}")
+        _known(f"ftp_quantized.{name}", levels, LEVELS)
 
     def grid(part, seeds, levels, bits, methods, keep=lambda m, seed: True, Q=P, hw=None, **meta):
         return [_fc_job(Q, dataset, m, seed, bits=b, level=level, part=part, **meta,
