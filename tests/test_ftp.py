@@ -750,7 +750,8 @@ def test_paper_length_rows_are_the_table_rows_at_other_epochs_and_stay_out_of_th
     T = load_params("ftp_table", root / "params.yaml")
     L = T["paper_length"]
     jobs = F.table_jobs(T, "mnist")
-    long = [j for j in jobs if j["part"] == "paper_length" and j["gamma"] in (None, T["gamma"])]  # γ runs: below
+    long = [j for j in jobs if j["part"] == "paper_length" and j["gamma"] in (None, T["gamma"])  # γ runs: below
+            and not j["method"].endswith(" CNN")]  # the CNN rows (cnn_methods on cnn_seeds): the next test
     assert {j["part"] for j in jobs} == {"table", "paper_length"} | ({"val_gamma"} if L.get("val_gamma") else set())
     assert sorted((j["method"], j["seed"]) for j in long) == sorted((m, s) for m in L["methods"] for s in L["seeds"])
     full = F.table_jobs({**T, "epochs": L["epochs"], "milestones": L["milestones"], "paper_length": None}, "mnist")
@@ -817,6 +818,8 @@ def test_paper_length_cnn_rows_are_the_tables_cnn_runs_at_that_length_and_get_th
     assert m["ftp_cnn_gap_to_bp_cnn"] == pytest.approx(5.3) and m["paper_length"]["ftp_cnn_gap_to_bp_cnn"] == 4.0
     fig = F.plot_table(fin, Tc, "mnist")
     assert [t.get_text() for t in fig.axes[2].get_xticklabels()] == ["BP", "BP CNN", "FTP CNN"]
+    # the panel's title gives the CNN rows' own seed count when it differs from the FC rows'
+    assert len(L["seeds"]) != 1 and fig.axes[2].get_title().endswith(f"{len(L['seeds'])} seeds (CNN rows: 1)")
     __import__("matplotlib.pyplot").pyplot.close(fig)
 
 

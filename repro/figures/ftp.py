@@ -315,8 +315,10 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
         axes[2].legend(fontsize=7)
         axes[2].tick_params(axis="x", labelrotation=30, labelsize=8)
         n = len(L["seeds"])
-        axes[2].set_title(f"paper length: {L['epochs']} epochs, lr ×0.1 at {L['milestones']}, "
-                          f"{n} seed{'s' * (n != 1)}", fontsize=9)
+        seeds = f"{n} seed{'s' * (n != 1)}"
+        if any(m.endswith(" CNN") for m in lorder) and len(L.get("cnn_seeds", L["seeds"])) != n:
+            seeds += f" (CNN rows: {len(L['cnn_seeds'])})"
+        axes[2].set_title(f"paper length: {L['epochs']} epochs, lr ×0.1 at {L['milestones']}, {seeds}", fontsize=9)
         axes[2].set_ylabel("test accuracy (%)")
     if len(sweep):  # both FTP readings over γ at paper length, against the paper-length BP rows
         hue = [label for label, _ in READINGS if label in set(sweep.method)]
