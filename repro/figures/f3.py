@@ -213,11 +213,10 @@ JOBS = {"f3_regression": regression_jobs, "f3_mnist": mnist_jobs, "f3_variants":
         "f3_depth": depth_jobs, "f3_vit": vit_jobs}
 
 
-def run(section: str, P: dict, results: str = "results", only: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run(section: str, P: dict, results: str = "results") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train (or load from the run cache) every run of a section; (per-epoch frame, final frame).
-    ``only``: {column: value} keeps a subset of the jobs (e.g. {"dataset": "wine_quality"})."""
-    jobs = [j for j in JOBS[section](P) if all(str(j.get(k)) == str(v) for k, v in (only or {}).items())]
-    done = run_all(jobs, store_for(section, results), P, desc=section)
+    A subset is ``python -m repro sweep <section> --only COLUMN=VALUE`` (``figures.select_jobs``)."""
+    done = run_all(JOBS[section](P), store_for(section, results), P, desc=section)
     return history_frame(done), final_frame(done)
 
 
