@@ -470,7 +470,7 @@ def test_bp_dropout_row_is_bps_config_with_foton_keep():
         d, bp = jobs["BP+dropout" + suffix]["config"], jobs["BP" + suffix]["config"]
         assert d["rule"] == {"name": "bp", "keep": P["keep"]} and P["keep"] < 1
         assert {**d, "rule": None} == {**bp, "rule": None}
-    with pytest.raises(ConfigError, match="foton_shallow.methods"):
+    with pytest.raises(ConfigError, match=r"foton_shallow\.methods: \['PEPITA\+W'\] unknown; allowed: FOTON, "):
         ff.shallow_jobs({**P, "methods": ["PEPITA+W"]}, "mnist")
 
 

@@ -201,7 +201,7 @@ def test_noise_jobs_share_the_clean_run_and_reject_unknown_kinds():
             if j["method"].endswith("CNN")} == {1, 2}
     noise_bp = [j for j in F.noise_jobs(N, "mnist") if j["method"] == "BP" and j["value"] == 0.0][0]["config"]
     assert run_key(table_bp) == run_key(noise_bp)  # paper scale: the clean runs are the table's
-    with pytest.raises(ConfigError, match="unknown kind"):
+    with pytest.raises(ConfigError, match=r"ftp_noise\.noise: \['thermal'\] unknown; allowed: write_noise, read_noise"):
         F.noise_jobs({**P, "noise": {"thermal": [0.1]}}, "mnist")
 
 

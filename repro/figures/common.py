@@ -41,6 +41,13 @@ def load_params(section: str, params_file: str | Path = "params.yaml", overrides
     return out
 
 
+def check_known(name: str, values, allowed) -> None:
+    """One line naming the parameter if any of ``values`` is not in ``allowed`` (e.g. a method list)."""
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ConfigError(f"{name}: {bad} unknown; allowed: {', '.join(allowed)}")
+
+
 def store_for(section: str, results: str | Path = "results") -> RunStore:
     """The run store of one stage (``results/<section>/runs`` + ``weights``); every other stage's store
     under ``results`` is shared, so a config another figure already trained is copied, not retrained."""

@@ -14,8 +14,8 @@ import pandas as pd
 import seaborn as sns
 
 from ..models import ConfigError
-from .common import (budget, final_frame, history_frame, mark_diverged, measured, run_all, run_for_dataset,
-                     seed_filter, store_for)
+from .common import (budget, check_known, final_frame, history_frame, mark_diverged, measured, run_all,
+                     run_for_dataset, seed_filter, store_for)
 
 # foton.md §4: numbers reported for CIFAR-100 (the paper's dataset for this figure)
 REPORTED = {"cifar100": {50: 12.6}}
@@ -255,9 +255,7 @@ def shallow_jobs(P: dict, dataset: str) -> list[dict]:
     (orthogonal init, no bias, standardised inputs, plain SGD, batch 256); PEPITA(+WM): the official
     PEPITA settings (He-uniform init, no bias, inputs in [0, 1], SGD + momentum 0.9, batch 64, lr ×0.1 at
     the milestones). Method labels carry the reading unless it is ``primary`` (the claims' reading)."""
-    unknown = [m for m in P["methods"] if m not in SHALLOW_METHODS]
-    if unknown:
-        raise ConfigError(f"foton_shallow.methods: {unknown} unknown; allowed: {', '.join(SHALLOW_METHODS)}")
+    check_known("foton_shallow.methods", P["methods"], SHALLOW_METHODS)
     keep = seed_filter(P, "foton_shallow", {m if r == P["primary"] else f"{m} {r}"
                                             for r in P["readings"] for m in P["methods"]})
     jobs = []

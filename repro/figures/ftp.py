@@ -15,8 +15,8 @@ from ..quant import SIGNAL_KINDS
 from ..rules import Batch
 from ..train import (build, load_data, make_optimizer, normalize_config, resolve_device, torch_threads,
                      train_step)
-from .common import (agg, budget, final_frame, fixed_jitter, history_frame, mark_diverged, measured, run_all,
-                     run_for_dataset, seed_filter, store_for)
+from .common import (agg, budget, check_known, final_frame, fixed_jitter, history_frame, mark_diverged, measured,
+                     run_all, run_for_dataset, seed_filter, store_for)
 
 
 def _cfg(P: dict, dataset: str, rule: dict, bias: bool, seed: int) -> dict:
@@ -52,13 +52,6 @@ def _fc_job(P: dict, dataset: str, m: str, seed: int, hardware: dict | None = No
     if hardware:
         cfg["hardware"] = hardware
     return {"dataset": dataset, "method": m, **meta, "seed": seed, "config": cfg}
-
-
-def _known(name: str, values, allowed) -> None:
-    """One line naming the parameter if any of ``values`` is not in ``allowed``."""
-    bad = [v for v in values if v not in allowed]
-    if bad:
-        raise ConfigError(f"{name}: {bad} unknown; allowed: {', '.join(allowed)}")
 
 
 # The CNN rows' rules (the conv nets train without dropout; PEPITA's conv update on the map before pooling)
@@ -101,8 +94,8 @@ def table_jobs(P: dict, dataset: str) -> list[dict]:
                                  "config": _cfg(P, dataset, rule, True, seed)})
     L = P.get("paper_length") or {}
     if L and dataset in L.get("datasets", [dataset]):
-        _known("ftp_table.paper_length.methods", L["methods"], _fc_rules(P))
-        _known("ftp_table.paper_length.cnn_methods", L.get("cnn_methods", []), CNN_RULES)
+        check_known("ftp_table.paper_length.methods", L["methods"], _fc_rules(P))
+        check_known("ftp_table.paper_length.cnn_methods", L.get("cnn_methods", []), CNN_RULES)
         Q = {**P, "epochs": L["epochs"], "milestones": L["milestones"]}
         jobs += [_fc_job(Q, dataset, m, seed, gamma=P["gamma"] if m.startswith("FTP") else None, part="paper_length")
                  for seed in L["seeds"] for m in L["methods"]]
@@ -402,7 +395,7 @@ def quantized_jobs(P: dict, dataset: str) -> list[dict]:
     rounded signal breaks a rule. Jobs carry ``part`` (``sweep`` or ``signal_ablation``)."""
     A = P.get("signal_ablation") or {}
     for name, levels in (("levels", P["levels"]), ("signal_ablation.levels", A.get("levels", []))):
-        _known(f"ftp_quantized.{name}", levels, LEVELS)
+        check_known(f"ftp_quantized.{name}", levels, LEVELS)
 
     def grid(part, seeds, levels, bits, methods, keep=lambda m, seed: True, Q=P, hw=None, **meta):
         return [_fc_job(Q, dataset, m, seed, bits=b, level=level, part=part, **meta,
@@ -877,9 +870,7 @@ def noise_jobs(P: dict, dataset: str) -> list[dict]:
     ``sweep``; with ``stable_gamma`` the FTP readings again at that γ (part ``stable_gamma``); with
     ``master_copy`` (:func:`_noise_master_copy`) its kinds' values again with ``hardware.master_copy`` (parts
     ``master_copy`` and, for the readings at ``stable_gamma``, ``master_copy_stable_gamma``)."""
-    bad = set(P["noise"]) - set(NOISE_KINDS)
-    if bad:
-        raise ConfigError(f"ftp_noise.noise: unknown kind(s) {sorted(bad)}; allowed: {sorted(NOISE_KINDS)}")
+    check_known("ftp_noise.noise", P["noise"], NOISE_KINDS)
 
     def grid(Q, methods, part, noise=P["noise"], hw=None, seeds=P["seeds"], **meta):
         return [_fc_job(Q, dataset, m, seed, kind=kind, value=v, part=part, **meta,
