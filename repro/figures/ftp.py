@@ -334,7 +334,8 @@ def plot_table(fin: pd.DataFrame, P: dict, dataset: str):
             axes[3].axhline(bp.mean(), ls="--", c="k", lw=1, label=f"BP, {L['epochs']} epochs ({bp.mean():.2f} %)")
             axes[3].axhline(bp.mean() - 2, ls=":", c="0.5", lw=1, label="BP − 2 points (the claims' margin)")
         _gamma_axis(axes[3], sweep.gamma)
-        axes[3].legend(fontsize=7)
+        # below the panel: inside, its nine entries covered the lines they name
+        axes[3].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
         axes[3].set_title(f"FTP γ sensitivity at {L['epochs']} epochs, both readings (band: min–max over seeds)"
                           + ("\ndashed: accuracy on the held-out split; ★: test accuracy at the γ chosen there"
                              if len(val) else ""), fontsize=9)
