@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--spec", default="params.spec.yaml")
     sp.add_argument("--write", metavar="FILE", default=None,
                     help="write the spec-scale params to FILE (for `sweep --params FILE`) instead of running dvc")
+    sp.add_argument("--land", metavar="DIR", default=None,
+                    help="copy the finished spec-scale runs of `sweep --results DIR` into results/spec_scale (keys "
+                         "checked; with --print: only list them)")
     b = sub.add_parser("bench", help="time one training epoch and peak memory per rule vs BP")
     b.add_argument("--quick", action="store_true", help="fewer steps (CI)")
     b.add_argument("--out", default=None, help="write the table as JSON here")
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             update_readme()
         elif a.cmd == "spec":  # arguments it does not know go to dvc exp run (e.g. --queue, --temp)
             from .spec import main as spec_main
-            return spec_main(a.params, a.spec, a.print_only, rest, a.write)
+            return spec_main(a.params, a.spec, a.print_only, rest, a.write, a.land)
         elif a.cmd == "bench":
             from .bench import main as bench_main
             return bench_main(quick=a.quick, out=a.out)

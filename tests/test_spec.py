@@ -113,3 +113,51 @@ def test_print_counts_the_spec_scale_runs_already_finished_in_any_store(tmp_path
     # "finished" means what a sweep's store would copy in: the same stores store_for shares
     from repro.figures.common import store_for
     assert all(store_for("elsewhere", tmp_path).get(c) is not None for c in cfgs)
+
+
+def test_land_copies_a_sweeps_spec_scale_runs_into_the_shared_store_and_nothing_else(tmp_path, capsys):
+    """``python -m repro spec --land DIR``: the finished runs of ``sweep --params <spec scale> --results DIR``
+    go to ``results/spec_scale/<stage>[@<dataset>]/runs`` (what ``test_runs_trained_ahead…`` checks) — a
+    params-scale run, a record not named by its key, a broken file and a run some store already has do not."""
+    import json
+    from repro.__main__ import main
+    from repro.figures import jobs
+    from repro.train import run_key
+    params = _params()
+    full = S.apply(params, S.load_spec(ROOT / S.SPEC_FILE))
+
+    def cfgs(P, pred):
+        return [j["config"] for j in jobs("ftp_table", {**P["ftp_table"], "device": "cpu", "workers": 1}) if pred(j)]
+    spec_cnn = cfgs(full, lambda j: j["dataset"] == "mnist" and j["method"] == "DRTP CNN")[:2]
+    small = cfgs(params, lambda j: j["dataset"] == "mnist" and j["method"] == "BP")[0]
+    assert run_key(small) not in {run_key(c) for c in cfgs(full, lambda j: True)}
+    root, src = tmp_path / "repo", tmp_path / "sweep"
+    (root / "results" / "ftp_table" / "mnist" / "runs").mkdir(parents=True)
+    store = src / "ftp_table" / "mnist" / "runs"
+    store.mkdir(parents=True)
+    (src / "other_link" / "mnist" / "runs").mkdir(parents=True)  # not a section's store: passed over
+    (src / "other_link" / "mnist" / "runs" / "x.json").write_text("{}")
+
+    def record(c, name=None, where=store):
+        k = run_key(c)
+        (where / f"{name or k}.json").write_text(json.dumps({"key": k, "config": c, "status": "ok",
+                                                             "summary": {"final_test_error": 2.0}}))
+        return k
+    new = record(spec_cnn[0])
+    old = record(spec_cnn[1])
+    record(spec_cnn[1], where=root / "results" / "ftp_table" / "mnist" / "runs")  # the stage has it already
+    record(small)
+    record(spec_cnn[0], name="0123456789abcdef")
+    (store / "broken.json").write_text('{"key": ')
+    (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    args = ["spec", "--params", str(root / "params.yaml"), "--spec", str(ROOT / S.SPEC_FILE), "--land", str(src)]
+    assert main(args + ["--print"]) == 0
+    assert "would land 1; 1 already in a store; 3 not spec-scale jobs, left" in capsys.readouterr().out
+    assert not (root / "results" / "spec_scale").exists()  # --print copies nothing
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    dst = root / "results" / "spec_scale" / "ftp_table@mnist" / "runs"
+    assert sorted(p.name for p in dst.iterdir()) == [f"{new}.json"] and old != new
+    assert (dst / f"{new}.json").read_bytes() == (store / f"{new}.json").read_bytes()
+    assert "'method': 'DRTP CNN'" in out and "final test error 2.00 %" in out and "landed 1;" in out
+    assert main(args) == 0 and "landed 0; 2 already in a store" in capsys.readouterr().out  # idempotent
