@@ -73,9 +73,8 @@ def overrides(spec: dict) -> list[str]:
 
 def _section_configs(params: dict) -> dict[str, dict[str, dict]]:
     """Per figure section in ``params``: its distinct runs' configs by key (every dataset, cached or not)."""
-    from .figures import SECTIONS, jobs
-    from .train import run_key
-    return {section: {run_key(j["config"]): j["config"] for j in jobs(section, {**P, "device": "cpu", "workers": 1})}
+    from .figures import SECTIONS
+    return {section: {k: j["config"] for k, j in stage_jobs(params, section).items()}
             for section, P in params.items() if section in SECTIONS and isinstance(P, dict)}
 
 
@@ -99,6 +98,14 @@ def _stored_keys(results: str | Path) -> set[str]:
     return {p.stem for pat in ("*/runs/*.json", "*/*/runs/*.json") for p in Path(results).glob(pat)}
 
 
+def stage_jobs(params: dict, section: str, dataset: str | None = None) -> dict[str, dict]:
+    """The jobs of one stage (a section, or a per-dataset section's ``dataset``) under ``params``, by run key."""
+    from .figures import jobs
+    from .train import run_key
+    return {run_key(j["config"]): j for j in jobs(section, {**params[section], "device": "cpu", "workers": 1})
+            if dataset is None or j.get("dataset") == dataset}
+
+
 def land(full: dict, src: str | Path, results: str | Path = "results", dry: bool = False) -> dict[str, list[str]]:
     """Move spec-scale runs trained ahead into the stores every stage shares: each record in a sweep's results
     folder ``src`` (``python -m repro sweep <section> --params <spec-scale params> --results src``:
@@ -110,7 +117,7 @@ def land(full: dict, src: str | Path, results: str | Path = "results", dry: bool
     record whose name is not its config's key: left where it is), ``already`` (some store has it)."""
     import json
     import shutil
-    from .figures import PER_DATASET, SECTIONS, jobs
+    from .figures import PER_DATASET, SECTIONS
     from .train import run_key
     have = _stored_keys(results)
     out: dict[str, list[str]] = {"landed": [], "not_spec": [], "already": []}
@@ -121,8 +128,7 @@ def land(full: dict, src: str | Path, results: str | Path = "results", dry: bool
         if section not in SECTIONS or not isinstance(full.get(section), dict) or \
                 (dataset is None) == (section in PER_DATASET):
             continue
-        want = {run_key(j["config"]): j for j in jobs(section, {**full[section], "device": "cpu", "workers": 1})
-                if dataset is None or j.get("dataset") == dataset}
+        want = stage_jobs(full, section, dataset)
         stage = section if dataset is None else f"{section}@{dataset}"
         dst = Path(results) / "spec_scale" / stage / "runs"
         for f in sorted(store.glob("*.json")):

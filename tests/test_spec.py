@@ -84,13 +84,11 @@ def test_runs_trained_ahead_at_spec_scale_are_jobs_of_that_scale():
     section was switched over (results/spec_scale/README.md): every record keeps its key and is a job of its
     stage at the spec's scale — a record that is not would never be picked up by any sweep."""
     import json
-    from repro.figures import jobs
     from repro.train import run_key
     full = S.apply(_params(), S.load_spec(ROOT / S.SPEC_FILE))
     for store in sorted((ROOT / "results" / "spec_scale").glob("*/runs")):
         section, _, dataset = store.parent.name.partition("@")  # `<stage>` for a stage without datasets
-        want = {run_key(j["config"]) for j in jobs(section, {**full[section], "device": "cpu", "workers": 1})
-                if not dataset or j.get("dataset") == dataset}
+        want = S.stage_jobs(full, section, dataset or None)
         for p in sorted(store.glob("*.json")):
             rec = json.loads(p.read_text())
             assert run_key(rec["config"]) == rec["key"] == p.stem, p
