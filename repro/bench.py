@@ -1,5 +1,5 @@
 """``python -m repro bench``: time per training step (and per epoch) and peak memory of each rule on the
-same MLP, in one process, as ratios to BP.
+same MLP, in one process, as ratios to BP; then FOTON by depth, the FFzero paradigms and FTP's CNN.
 
 Peak memory is the largest total size of tensors allocated *by one training step* and alive at the
 same time (activations, autograd's saved tensors, updates, temporaries; parameters, data and optimizer
@@ -21,15 +21,17 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .models import MLP
+from .models import CNN, MLP
 from .rules import Batch, make_rule
-from .train import cpu_capability, cpu_model, evaluate, make_optimizer, resolve_device
+from .train import cpu_capability, cpu_model, evaluate, keep_freed_memory, make_optimizer, resolve_device
 
 AUTHORS_EPOCH_S = 31.5  # F³ authors' code, MNIST d=1 w=500 batch 50, on this 2-core machine (issue #2)
 RULES = ["bp", "dfa", "drtp", "f3", "pepita", "ftp"]
 RULE_CFG = {"foton_low_memory": {"name": "foton", "low_memory": True},
             "ff_ad": {"name": "ff", "estimator": "ad"}, "ff_dd": {"name": "ff", "estimator": "dd"}}
 FF_NET = ("bp", "bp_dd", "ff_ad", "ff_dd")
+CNN_RULES = ("bp", "ftp", "pepita", "drtp")
+CNN_RULE_CFG = {"pepita": {"keep": 1.0}}  # as the FTP table's CNN rows: conv nets train without dropout
 
 
 class PeakTensorMemory(TorchDispatchMode):
@@ -70,29 +72,36 @@ class PeakTensorMemory(TorchDispatchMode):
         return out
 
 
-def _setup(rule_name: str, width: int, depth: int, x: torch.Tensor, y: torch.Tensor, dev, foton_net: bool = False,
-           ff_net: bool = False):
+NETS = ("f3", "foton", "ff", "cnn")
+
+
+def _model(net: str, width: int, depth: int, x: torch.Tensor, y: torch.Tensor):
+    if net == "ff":  # FFzero's MLP: no nonlinearity, CE for the BP paradigms
+        return MLP([x.shape[1]] + [width] * depth + [y.shape[1]], act="identity", loss="ce")
+    if net == "foton":  # FOTON's default net: orthogonal init, no bias, ReLU, softmax cross-entropy
+        return MLP([x.shape[1]] + [width] * depth + [y.shape[1]], act="relu", loss="ce", bias=False, init="orthogonal")
+    if net == "cnn":  # FTP's CNN (ftp.md §4.2, PEPITA's Net1conv1fc): conv 5×5 → `width` maps, ReLU, max-pool, FC
+        return CNN((1, 28, 28), y.shape[1], channels=[width], kernel=5, padding=0, bn=False, bias=False,
+                   init="he_uniform", act="relu", loss="ce")
+    return MLP([x.shape[1]] + [width] * depth + [y.shape[1]], act="tanh", loss="bce")  # F³'s MLP
+
+
+def _setup(rule_name: str, width: int, depth: int, x: torch.Tensor, y: torch.Tensor, dev, net: str = "f3"):
     torch.manual_seed(0)
-    if ff_net:  # FFzero's MLP: no nonlinearity, CE for the BP paradigms
-        model = MLP([x.shape[1]] + [width] * depth + [y.shape[1]], act="identity", loss="ce").to(dev)
-    elif foton_net:  # FOTON's default net: orthogonal init, no bias, ReLU, softmax cross-entropy
-        model = MLP([x.shape[1]] + [width] * depth + [y.shape[1]], act="relu", loss="ce", bias=False,
-                    init="orthogonal").to(dev)
-    else:
-        model = MLP([x.shape[1]] + [width] * depth + [y.shape[1]], act="tanh", loss="bce").to(dev)
-    rule = make_rule(RULE_CFG.get(rule_name, {"name": rule_name}))
+    model = _model(net, width, depth, x, y).to(dev)
+    rule = make_rule({**RULE_CFG.get(rule_name, {"name": rule_name}), **(CNN_RULE_CFG.get(rule_name, {}) if net == "cnn" else {})})
     rule.setup(model, len(x))
     if hasattr(rule, "init_buffer"):
         rule.init_buffer(y)
     for p in model.parameters():
         p.requires_grad_(rule.needs_autograd)
-    if ff_net and rule_name.startswith("ff"):
+    if net == "ff" and rule_name.startswith("ff"):
         from .data import Data
         rule.begin_phase(model, 1, Data("bench", "classification", x, y, x[:1], y[:1]))  # train layer 2
         group = list(model.layers[1].parameters())
         return model, rule, make_optimizer(group, {"name": "adam" if rule_name == "ff_ad" else "sgd", "lr": 1e-3,
                                                    "momentum": 0.0, "weight_decay": 0.0, "milestones": []})[0]
-    if rule_name in ("pepita", "foton", "foton_low_memory", "bp_dd"):
+    if rule_name in ("pepita", "foton", "foton_low_memory", "bp_dd") or net == "cnn":
         opt, _ = make_optimizer(rule.trainable(model), {"name": "sgd", "lr": 0.01, "momentum": 0.9,
                                                         "weight_decay": 0.0, "milestones": []})
     else:
@@ -113,9 +122,8 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
-def time_steps(rule_name, width, depth, x, y, dev, batch=50, steps=50, warmup=5, foton_net=False,
-               ff_net=False) -> dict:
-    model, rule, opt = _setup(rule_name, width, depth, x, y, dev, foton_net, ff_net)
+def time_steps(rule_name, width, depth, x, y, dev, batch=50, steps=50, warmup=5, net="f3") -> dict:
+    model, rule, opt = _setup(rule_name, width, depth, x, y, dev, net)
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(x), generator=g).to(dev)
     idxs = [perm[(i * batch) % (len(x) - batch):][:batch] for i in range(warmup + steps + 1)]
@@ -170,6 +178,7 @@ def _mnist(dev):
 
 
 def run(quick: bool = False, device: str = "auto") -> dict:
+    keep_freed_memory()  # as train() does: the rules are timed as they train
     dev = resolve_device(device)
     x, y, xt, yt, lt, ltr, src = _mnist(dev)
     steps = 10 if quick else 60
@@ -191,14 +200,27 @@ def run(quick: bool = False, device: str = "auto") -> dict:
         n = max(2, steps // (1 if layers < 50 else 10))
         base = None
         for r in ("bp", "foton", "foton_low_memory"):
-            res = time_steps(r, 256, layers - 1, x, y, dev, batch=256, steps=n, warmup=2, foton_net=True)
+            res = time_steps(r, 256, layers - 1, x, y, dev, batch=256, steps=n, warmup=2, net="foton")
             base = base or res
             foton.append({"layers": layers, "rule": r, **res, "time_vs_bp": res["ms_per_step"] / base["ms_per_step"],
                           "mem_vs_bp": res["peak_mb"] / base["peak_mb"]})
     return {"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "keep_freed_memory": keep_freed_memory(),
             "cpu": cpu_model(), "cpu_capability": cpu_capability(), "data": src, "steps_timed": steps,
             "rows": rows, "full_epoch_s": epochs, "authors_epoch_s": AUTHORS_EPOCH_S, "foton": foton,
-            "ffzero": ffzero_rows(x, y, dev, steps)}
+            "ffzero": ffzero_rows(x, y, dev, steps), "cnn": cnn_rows(x, y, dev, steps)}
+
+
+def cnn_rows(x, y, dev, steps) -> list[dict]:
+    """FTP vs BP (and PEPITA, DRTP) on FTP's CNN (conv 5×5 → 32 maps, ReLU, max-pool 2, FC 4608 → 10; no
+    biases; batch 50), per step — ftp.md §4.4's "measured wall-clock and peak memory" for the CNN row."""
+    out, base = [], None
+    for r in CNN_RULES:
+        res = time_steps(r, 32, 0, x, y, dev, steps=steps, net="cnn")
+        base = base or res
+        out.append({"rule": r, **res, "time_vs_bp": res["ms_per_step"] / base["ms_per_step"],
+                    "mem_vs_bp": res["peak_mb"] / base["peak_mb"] if base["peak_mb"] else float("nan")})
+    return out
 
 
 def ffzero_rows(x, y, dev, steps) -> list[dict]:
@@ -208,7 +230,7 @@ def ffzero_rows(x, y, dev, steps) -> list[dict]:
     for w in (100, 1000):
         base = None
         for r in FF_NET:
-            res = time_steps(r, w, 3, x, y, dev, batch=256, steps=max(2, steps // 2), warmup=2, ff_net=True)
+            res = time_steps(r, w, 3, x, y, dev, batch=256, steps=max(2, steps // 2), warmup=2, net="ff")
             base = base or res
             out.append({"width": w, "rule": r, **res, "time_vs_bp": res["ms_per_step"] / base["ms_per_step"]})
     return out
@@ -219,7 +241,8 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"device {res['device']}, {res['threads']} threads, torch {res['torch']}, batch 50, "
+    malloc = {True: ", malloc keeps freed memory", False: ", malloc as it is"}.get(res.get("keep_freed_memory"), "")
+    lines = [f"device {res['device']}, {res['threads']} threads, torch {res['torch']}{malloc}, batch 50, "
              f"{res['steps_timed']} timed steps per cell; epoch = 1,200 steps (training only)", ""]
     lines += _table(["width", "depth", "rule", "ms/step", "epoch (s)", "time ÷ BP", "peak MB/step", "memory ÷ BP"],
                     [[r["width"], r["depth"], r["rule"], f"{r['ms_per_step']:.2f}", f"{r['epoch_s']:.1f}",
@@ -237,6 +260,12 @@ def markdown(res: dict) -> str:
         lines += _table(["width", "rule", "ms/step", "time ÷ BP+AD", "peak MB/step"],
                         [[r["width"], names[r["rule"]], f"{r['ms_per_step']:.2f}", f"{r['time_vs_bp']:.2f}",
                           f"{r['peak_mb']:.2f}"] for r in res["ffzero"]])
+    if res.get("cnn"):
+        lines += ["", "FTP vs BP on FTP's CNN (conv 5×5 → 32, ReLU, max-pool 2, FC → 10, no biases; batch 50; "
+                  "PEPITA and DRTP for context):", ""]
+        lines += _table(["rule", "ms/step", "time ÷ BP", "peak MB/step", "memory ÷ BP"],
+                        [[r["rule"], f"{r['ms_per_step']:.2f}", f"{r['time_vs_bp']:.2f}", f"{r['peak_mb']:.2f}",
+                          f"{r['mem_vs_bp']:.2f}"] for r in res["cnn"]])
     if res["full_epoch_s"]:
         lines += ["", "Full MNIST epoch (d=1, w=500, batch 50; training + evaluation of train and test sets):", ""]
         for k, v in res["full_epoch_s"].items():

@@ -534,3 +534,22 @@ def test_on_epoch_sees_each_epochs_row_and_model_without_changing_the_run(tiny):
     bad = T.train(cfg({"name": "bp"}, optim={"name": "sgd", "lr": 1e30}, model={"width": 8, "loss": "mse"}, epochs=5),
                   "cpu", on_epoch=lambda m, row: rows.append(row))
     assert bad.record["status"] == "diverged" and rows == bad.record["history"][1:]
+
+
+@pytest.mark.parametrize("env, expect", [(None, True), ("0", False)])
+def test_keep_freed_memory_sets_glibc_malloc_once_and_honours_the_opt_out(env, expect):
+    """train() and bench keep freed memory in glibc's heap (REPRO_KEEP_FREED_MEMORY=0: malloc as it was);
+    off glibc the call is a no-op returning False."""
+    import os
+    import subprocess
+    import sys
+    if "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else "").lower() \
+            and env is None:
+        pytest.skip("not glibc")
+    code = ("from repro.train import keep_freed_memory as k, _MALLOC; a = k(); b = k(); "
+            "print(a, b, _MALLOC['done'])")
+    e = {k: v for k, v in os.environ.items() if k != "REPRO_KEEP_FREED_MEMORY"}
+    if env is not None:
+        e["REPRO_KEEP_FREED_MEMORY"] = env
+    out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [str(expect), str(expect), "True"]
