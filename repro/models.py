@@ -188,51 +188,6 @@ def max_pool_2x2(h: torch.Tensor) -> torch.Tensor:
     return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
-_WINDOW = ((0, 0), (0, 1), (1, 0), (1, 1))  # a 2×2 window's cells in the order F.max_pool2d scans them
-
-
-class MaxPool2x2(torch.autograd.Function):
-    """``F.max_pool2d(h, 2)`` with its gradient, bit for bit, for BP on the CPU (:meth:`CNN.pool`).
-
-    Values as :func:`max_pool_2x2`. The gradient goes, as in torch's CPU kernel, to the first cell of each
-    window (row-major) that holds the maximum — ties (ReLU's zeros) go to the first — and is added to a zeroed
-    map, so the other cells hold +0 and the winner ``0 + g``. A window with a NaN (the kernel sends the
-    gradient to its last NaN) makes the whole call take ``F.max_pool2d`` and its own backward. On this CPU
-    (torch 2.14, one thread, a [50, 32, 24, 24] map) forward + backward ≈ 4 ms instead of ≈ 7 ms: the
-    kernel's index-tracking forward was ≈ 45 % of a BP CNN step (session 37)."""
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
-        ctx.shape = h.shape
-        m = max_pool_2x2(h)
-        if torch.isnan(m).any():
-            m, idx = F.max_pool2d(h, 2, return_indices=True)
-            ctx.save_for_backward(h, idx)
-            ctx.nan = True
-            return m
-        H, W = h.shape[-2] // 2 * 2, h.shape[-1] // 2 * 2
-        seen, first = None, []
-        for i, j in _WINDOW[:3]:
-            eq = h[..., i:H:2, j:W:2] == m
-            first.append(eq if seen is None else eq & ~seen)
-            seen = eq if seen is None else seen | eq
-        first.append(~seen)
-        ctx.save_for_backward(*first)
-        ctx.nan = False
-        return m
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
-        if ctx.nan:
-            h, idx = ctx.saved_tensors
-            return torch.ops.aten.max_pool2d_with_indices_backward(g, h, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
-        gi = g.new_zeros(ctx.shape)
-        H, W = ctx.shape[-2] // 2 * 2, ctx.shape[-1] // 2 * 2
-        for win, (i, j) in zip(ctx.saved_tensors, _WINDOW):
-            gi[..., i:H:2, j:W:2].add_(g * win)
-        return gi
-
-
 CNN_DEFAULTS = {"channels": [4, 4], "fc": [], "kernel": 6, "padding": 2, "pool": "max", "bn": True,
                 "conv_dropout": 0.0, "fc_dropout": 0.0, "fc_act": "identity", "bias": True, "stride": 1,
                 "pool_scale": 1.0}
@@ -306,10 +261,9 @@ class CNN(nn.Module):
     def pool(self, h: torch.Tensor) -> torch.Tensor:
         """2×2 pooling; ``pool_scale`` multiplies it (2 makes average pooling row-orthonormal: P Pᵀ = I).
         Max pooling on the CPU where no gradient flows through it (forward-only rules, evaluation) is
-        :func:`max_pool_2x2` — the same values, ≈ 25× faster; with autograd (BP) it is :class:`MaxPool2x2`, the
-        same values and gradient as ``F.max_pool2d`` bit for bit, ≈ 2× faster. On CUDA it is ``F.max_pool2d``."""
-        if self.pool_name == "max" and h.device.type == "cpu":
-            p = MaxPool2x2.apply(h) if h.requires_grad and torch.is_grad_enabled() else max_pool_2x2(h)
+        :func:`max_pool_2x2` — the same values, ≈ 25× faster; with autograd (BP) it stays ``F.max_pool2d``."""
+        if self.pool_name == "max" and h.device.type == "cpu" and not (h.requires_grad and torch.is_grad_enabled()):
+            p = max_pool_2x2(h)
         else:
             p = (F.max_pool2d if self.pool_name == "max" else F.avg_pool2d)(h, 2)
         return p if self.pool_scale == 1.0 else p * self.pool_scale
