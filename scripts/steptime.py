@@ -26,7 +26,7 @@ from repro.figures import jobs as section_jobs
 from repro.figures.common import load_params
 from repro.models import ConfigError
 from repro.rules import Batch
-from repro.train import build, load_data, make_optimizer, normalize_config, resolve_device, train_step
+from repro.train import build, keep_freed_memory, load_data, make_optimizer, normalize_config, resolve_device, train_step
 
 
 def pick(section: str, filt: str, params: str) -> dict:
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     a = ap.parse_args(argv)
     if a.steps < 1:
         raise SystemExit(f"steptime: --steps={a.steps} must be at least 1")
+    keep_freed_memory()  # as train() runs
     try:
         dev = resolve_device(a.device)
     except ConfigError as e:
