@@ -83,13 +83,16 @@ def _model(net: str, width: int, depth: int, x: torch.Tensor, y: torch.Tensor):
     if net == "cnn":  # FTP's CNN (ftp.md §4.2, PEPITA's Net1conv1fc): conv 5×5 → `width` maps, ReLU, max-pool, FC
         return CNN((1, 28, 28), y.shape[1], channels=[width], kernel=5, padding=0, bn=False, bias=False,
                    init="he_uniform", act="relu", loss="ce")
-    return MLP([x.shape[1]] + [width] * depth + [y.shape[1]], act="tanh", loss="bce")  # F³'s MLP
+    if net == "f3":  # F³'s MLP
+        return MLP([x.shape[1]] + [width] * depth + [y.shape[1]], act="tanh", loss="bce")
+    raise ValueError(f"bench net={net!r}; allowed: {', '.join(NETS)}")
 
 
 def _setup(rule_name: str, width: int, depth: int, x: torch.Tensor, y: torch.Tensor, dev, net: str = "f3"):
     torch.manual_seed(0)
     model = _model(net, width, depth, x, y).to(dev)
-    rule = make_rule({**RULE_CFG.get(rule_name, {"name": rule_name}), **(CNN_RULE_CFG.get(rule_name, {}) if net == "cnn" else {})})
+    cfg = RULE_CFG.get(rule_name, {"name": rule_name})
+    rule = make_rule({**cfg, **CNN_RULE_CFG.get(rule_name, {})} if net == "cnn" else cfg)
     rule.setup(model, len(x))
     if hasattr(rule, "init_buffer"):
         rule.init_buffer(y)

@@ -553,3 +553,20 @@ def test_keep_freed_memory_sets_glibc_malloc_once_and_honours_the_opt_out(env, e
         e["REPRO_KEEP_FREED_MEMORY"] = env
     out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True).stdout
     assert out.split() == [str(expect), str(expect), "True"]
+
+
+def test_bench_times_ftp_and_its_baselines_on_the_ftp_cnn():
+    """bench's CNN section: each rule of FTP's table trains a step on the 1-conv net and is timed, with BP
+    first (the ratios' base); its markdown table lists them; an unknown net is refused by name."""
+    from repro import bench
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(300, 784, generator=g)
+    y = torch.nn.functional.one_hot(torch.randint(0, 10, (300,), generator=g), 10).float()
+    rows = bench.cnn_rows(x, y, torch.device("cpu"), steps=2)
+    assert [r["rule"] for r in rows] == ["bp", "ftp", "pepita", "drtp"] and rows[0]["time_vs_bp"] == 1.0
+    assert all(r["ms_per_step"] > 0 and r["peak_mb"] > 0 for r in rows)
+    md = bench.markdown({"device": "cpu", "threads": 1, "torch": "t", "steps_timed": 2, "rows": [],
+                         "full_epoch_s": {}, "cnn": rows, "keep_freed_memory": True})
+    assert "FTP's CNN" in md and "| ftp |" in md and "malloc keeps freed memory" in md
+    with pytest.raises(ValueError, match="bench net='mlp'"):
+        bench.time_steps("bp", 8, 1, x, y, torch.device("cpu"), steps=1, net="mlp")
