@@ -244,6 +244,7 @@ def checkpoint_seconds() -> float:
 
 _MALLOC = {"done": False, "set": False}
 MALLOC_MMAP_BYTES, MALLOC_TRIM_BYTES = 64 << 20, 1 << 30
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h> mallopt parameters
 
 
 def keep_freed_memory() -> bool:
@@ -261,7 +262,8 @@ def keep_freed_memory() -> bool:
             try:
                 import ctypes
                 libc = ctypes.CDLL("libc.so.6")
-                _MALLOC["set"] = bool(libc.mallopt(-3, MALLOC_MMAP_BYTES) and libc.mallopt(-1, MALLOC_TRIM_BYTES))
+                _MALLOC["set"] = bool(libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_BYTES)
+                                      and libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_BYTES))
             except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): malloc as it is
                 pass
     return _MALLOC["set"]
