@@ -30,8 +30,6 @@ RULES = ["bp", "dfa", "drtp", "f3", "pepita", "ftp"]
 RULE_CFG = {"foton_low_memory": {"name": "foton", "low_memory": True},
             "ff_ad": {"name": "ff", "estimator": "ad"}, "ff_dd": {"name": "ff", "estimator": "dd"}}
 FF_NET = ("bp", "bp_dd", "ff_ad", "ff_dd")
-CNN_RULES = ("bp", "ftp", "pepita", "drtp")
-CNN_RULE_CFG = {"pepita": {"keep": 1.0}}  # as the FTP table's CNN rows: conv nets train without dropout
 
 
 class PeakTensorMemory(TorchDispatchMode):
@@ -88,11 +86,11 @@ def _model(net: str, width: int, depth: int, x: torch.Tensor, y: torch.Tensor):
     raise ValueError(f"bench net={net!r}; allowed: {', '.join(NETS)}")
 
 
-def _setup(rule_name: str, width: int, depth: int, x: torch.Tensor, y: torch.Tensor, dev, net: str = "f3"):
+def _setup(rule_name: str, width: int, depth: int, x: torch.Tensor, y: torch.Tensor, dev, net: str = "f3",
+           rule_cfg: dict | None = None):
     torch.manual_seed(0)
     model = _model(net, width, depth, x, y).to(dev)
-    cfg = RULE_CFG.get(rule_name, {"name": rule_name})
-    rule = make_rule({**cfg, **CNN_RULE_CFG.get(rule_name, {})} if net == "cnn" else cfg)
+    rule = make_rule(rule_cfg or RULE_CFG.get(rule_name, {"name": rule_name}))
     rule.setup(model, len(x))
     if hasattr(rule, "init_buffer"):
         rule.init_buffer(y)
@@ -125,8 +123,8 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
-def time_steps(rule_name, width, depth, x, y, dev, batch=50, steps=50, warmup=5, net="f3") -> dict:
-    model, rule, opt = _setup(rule_name, width, depth, x, y, dev, net)
+def time_steps(rule_name, width, depth, x, y, dev, batch=50, steps=50, warmup=5, net="f3", rule_cfg=None) -> dict:
+    model, rule, opt = _setup(rule_name, width, depth, x, y, dev, net, rule_cfg)
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(x), generator=g).to(dev)
     idxs = [perm[(i * batch) % (len(x) - batch):][:batch] for i in range(warmup + steps + 1)]
@@ -218,10 +216,13 @@ def run(quick: bool = False, device: str = "auto") -> dict:
 
 def cnn_rows(x, y, dev, steps) -> list[dict]:
     """FTP vs BP (and PEPITA, DRTP) on FTP's CNN (conv 5×5 → 32 maps, ReLU, max-pool 2, FC 4608 → 10; no
-    biases; batch 50), per step — ftp.md §4.4's "measured wall-clock and peak memory" for the CNN row."""
+    biases; batch 50), per step — ftp.md §4.4's "measured wall-clock and peak memory" for the CNN row. The rules
+    as the FTP table's CNN rows configure them (``figures.ftp.CNN_RULES``: PEPITA without dropout on conv nets)."""
+    from .figures.ftp import CNN_RULES
     out, base = [], None
-    for r in CNN_RULES:
-        res = time_steps(r, 32, 0, x, y, dev, steps=steps, net="cnn")
+    for cfg in CNN_RULES.values():
+        r = cfg["name"]
+        res = time_steps(r, 32, 0, x, y, dev, steps=steps, net="cnn", rule_cfg=cfg)
         base = base or res
         out.append({"rule": r, **res, "time_vs_bp": res["ms_per_step"] / base["ms_per_step"],
                     "mem_vs_bp": res["peak_mb"] / base["peak_mb"] if base["peak_mb"] else float("nan")})
