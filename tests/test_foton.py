@@ -282,6 +282,50 @@ def test_frequency_check_every_depth_with_margin_and_divergence():
     assert "frequent_not_worse_at_depth" not in ff.metrics(fin([("BP", 50, "ok", 99.0)]))
 
 
+def test_depth_lr_sweep_adds_each_rate_once_and_keeps_the_figures_runs():
+    import pandas as pd
+    from repro.figures import foton as ff
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    from repro.train import normalize_config, run_key
+    P = load_params("foton_depth", "params.smoke.yaml")
+    P = {**P, "seeds": [1, 2], "lr_sweep": {"methods": ["FOTON o=1 ff=1", "BP"], "lrs": [0.05, 0.5, 2.0],
+                                            "seeds": [2]}}
+    jobs = ff.depth_jobs(P, "mnist")
+    fig = [j for j in jobs if j["part"] == "depth"]
+    grid = [j for j in jobs if j["part"] == "lr_sweep"]
+    plain = ff.depth_jobs({**P, "lr_sweep": None}, "mnist")
+    key = lambda j: run_key(normalize_config(j["config"]))  # noqa: E731
+    assert [key(j) for j in fig] == [key(j) for j in plain]  # the figure's runs (and run keys) are unchanged
+    assert len({key(j) for j in jobs}) == len(jobs)  # the shared grid point (the figure's lr) is not repeated
+    # FOTON's figure lr 0.5 (→ 0.05, 2.0 added), BP's 0.05 (→ 0.5, 2.0), at each depth, seed 2 only
+    assert sorted((j["method"], j["lr"], j["layers"], j["seed"]) for j in grid) == sorted(
+        (m, lr, L, 2) for L in P["depths"] for m, lrs in (("FOTON o=1 ff=1", (0.05, 2.0)), ("BP", (0.5, 2.0)))
+        for lr in lrs)
+    for j in grid:  # only the lr differs from the figure's run of the same method, depth and seed
+        f = next(f for f in fig if (f["method"], f["layers"], f["seed"]) == (j["method"], j["layers"], j["seed"]))
+        a, b = normalize_config(j["config"]), normalize_config(f["config"])
+        assert a["optim"].pop("lr") == j["lr"] and b["optim"].pop("lr") == f["lr"] and a == b
+    with pytest.raises(ConfigError, match=r"foton_depth.lr_sweep.methods: \['FOTON o=2 ff=2'\] are not methods"):
+        ff.depth_jobs({**P, "lr_sweep": {"methods": ["FOTON o=2 ff=2"], "lrs": [0.1]}}, "mnist")
+    with pytest.raises(ConfigError, match=r"foton_depth.lr_sweep.seeds: \[3\] not in foton_depth.seeds"):
+        ff.depth_jobs({**P, "lr_sweep": {"methods": ["BP"], "lrs": [0.1], "seeds": [3]}}, "mnist")
+
+    # metrics: the figure's numbers come from its own runs only; the grid per method, depth and lr (the
+    # figure's shared run included), and the best lr per depth
+    rows = [{**{k: v for k, v in j.items() if k != "config"}, "status": "ok",
+             "final_test_acc": 50.0 + 10 * j["lr"] + j["layers"], "best_test_acc": 60.0} for j in jobs]
+    rows[0]["status"], rows[0]["final_test_acc"] = "diverged", 10.0
+    m = ff.metrics(pd.DataFrame(rows))
+    f_only = ff.metrics(pd.DataFrame([r for r in rows if r["part"] == "depth"]))
+    assert {k: m[k] for k in f_only} == f_only and "lr_sweep" not in f_only
+    assert set(m["lr_sweep"]) == {"FOTON o=1 ff=1", "BP"}
+    L = str(P["depths"][-1])
+    assert sorted(m["lr_sweep"]["BP"][L]) == ["0.05", "0.5", "2"]  # the figure's 0.05 (seed 2) is a grid point
+    assert m["lr_sweep"]["BP"][L]["0.05"]["n_seeds"] == 1  # seed 1's figure run is not in the seed-2 grid
+    assert m["lr_sweep_best"]["BP"][L] == {"lr": 2.0, "final_test_acc": 70.0 + P["depths"][-1]}
+
+
 def test_lr_sweep_jobs_share_the_tables_runs_and_change_only_the_lr():
     from repro.figures import foton as ff
     from repro.figures.common import load_params

@@ -38,16 +38,51 @@ def depth_jobs(P: dict, dataset: str) -> list[dict]:
             for ortho, ff in P["frequencies"]:
                 rule = {"name": "foton", "ortho_every": ortho, "ff_every": ff, "keep": P["keep"]}
                 jobs.append({"dataset": dataset, "layers": L, "seed": seed, "method": f"FOTON o={ortho} ff={ff}",
+                             "lr": P["lr"]["FOTON"], "part": "depth",
                              "config": net(P, dataset, L, rule, sgd(P["lr"]["FOTON"]), seed)})
             if P["include_bp"]:
-                jobs.append({"dataset": dataset, "layers": L, "seed": seed, "method": "BP",
-                             "config": net(P, dataset, L, {"name": "bp"}, sgd(P["lr"]["BP"]), seed)})
+                jobs.append({"dataset": dataset, "layers": L, "seed": seed, "method": "BP", "lr": P["lr"]["BP"],
+                             "part": "depth", "config": net(P, dataset, L, {"name": "bp"}, sgd(P["lr"]["BP"]), seed)})
             if P["include_pepita"]:
                 rule = {"name": "pepita", "keep": P["keep"]}
                 opt = {"name": "sgd", "lr": P["lr"]["PEPITA"], "momentum": 0.9}
                 jobs.append({"dataset": dataset, "layers": L, "seed": seed, "method": "PEPITA",
-                             "config": net(P, dataset, L, rule, opt, seed)})
+                             "lr": P["lr"]["PEPITA"], "part": "depth", "config": net(P, dataset, L, rule, opt, seed)})
+    return jobs + _depth_lr_jobs(P, jobs)
+
+
+def _depth_lr_jobs(P: dict, figure: list[dict]) -> list[dict]:
+    """``lr_sweep`` (optional, ``{methods, lrs, seeds}``): foton.md §6 item 3 — the learning rate per depth is
+    unknown (the code's 0.5 is its 3-layer net's) and BP takes the same grid — so each listed method of the
+    figure (a label such as ``FOTON o=1 ff=1`` or ``BP``) trains again at every depth on each of ``lrs``, its
+    config otherwise the figure's; the figure's own run is the grid point it shares. Part ``lr_sweep``."""
+    S = P.get("lr_sweep")
+    if not S:
+        return []
+    labels = list(dict.fromkeys(j["method"] for j in figure))
+    bad = [m for m in S["methods"] if m not in labels]
+    if bad:
+        raise ConfigError(f"foton_depth.lr_sweep.methods: {bad} are not methods of the depth figure; allowed: {labels}")
+    seeds = S.get("seeds", P["seeds"])
+    extra = sorted(set(seeds) - set(P["seeds"]))
+    if extra:
+        raise ConfigError(f"foton_depth.lr_sweep.seeds: {extra} not in foton_depth.seeds {list(P['seeds'])}")
+    jobs = []
+    for j in figure:
+        if j["method"] not in S["methods"] or j["seed"] not in seeds:
+            continue
+        for lr in dict.fromkeys(float(v) for v in S["lrs"]):
+            if lr == float(j["lr"]):
+                continue  # the figure's own run
+            cfg = copy.deepcopy(j["config"])
+            cfg["optim"]["lr"] = lr
+            jobs.append({**j, "lr": lr, "part": "lr_sweep", "config": cfg})
     return jobs
+
+
+def depth_frame(fin: pd.DataFrame) -> pd.DataFrame:
+    """The depth figure's own runs (without the ``lr_sweep`` grid's)."""
+    return fin[fin.part == "depth"] if "part" in fin else fin
 
 
 def run(P: dict, dataset: str, results: str = "results") -> tuple[pd.DataFrame | None, pd.DataFrame | None, str | None]:
@@ -66,6 +101,7 @@ def _with_acc(hist, fin, reason):
 
 
 def metrics(fin: pd.DataFrame) -> dict:
+    grid, fin = depth_lr_frame(fin), depth_frame(fin)
     ok = fin[fin.status == "ok"]
     out = {"final_test_acc": {}, "best_test_acc": {}, "diverged": {}}
     for (m, L), g in ok.groupby(["method", "layers"]):
@@ -74,7 +110,57 @@ def metrics(fin: pd.DataFrame) -> dict:
     for (m, L), g in fin.groupby(["method", "layers"]):
         out["diverged"].setdefault(m, {})[str(L)] = int((g.status == "diverged").sum())
     out.update(frequency_check(fin))
+    if len(grid):  # per method, depth and lr: final test accuracy (diverged runs at their measured value)
+        out["lr_sweep"] = {m: {str(int(L)): {f"{lr:g}": {"final_test_acc": float(g.final_test_acc.mean()),
+                                                           "diverged": int((g.status != "ok").sum()),
+                                                           "n_seeds": int(g.seed.nunique())}
+                                              for lr, g in gl.groupby("lr")}
+                               for L, gl in gm.groupby("layers")} for m, gm in grid.groupby("method")}
+        # per method and depth, the lr with the highest mean final accuracy (chosen on the test set)
+        out["lr_sweep_best"] = {m: {L: dict(zip(("lr", "final_test_acc"),
+                                                max(((float(lr), v["final_test_acc"]) for lr, v in per.items()),
+                                                    key=lambda t: t[1])))
+                                    for L, per in byL.items()} for m, byL in out["lr_sweep"].items()}
     return out
+
+
+def depth_lr_frame(fin: pd.DataFrame) -> pd.DataFrame:
+    """The lr grid's runs with the figure's runs it shares (same method and seed), diverged ones at their
+    measured accuracy; empty without an ``lr_sweep``."""
+    if "part" not in fin or not (fin.part == "lr_sweep").any():
+        return fin.iloc[0:0]
+    keys = set(zip(*(fin[fin.part == "lr_sweep"][c] for c in ("method", "seed"))))
+    return measured(fin[[k in keys for k in zip(fin.method, fin.seed)]])
+
+
+def plot_depth_lr(fin: pd.DataFrame, dataset: str, P: dict | None = None):
+    """The lr grid: final test accuracy against depth, one line per lr, one panel per method."""
+    from matplotlib.ticker import NullFormatter
+    d = depth_lr_frame(fin)
+    ms = list(dict.fromkeys(d.method))
+    fig, axes = plt.subplots(1, len(ms), figsize=(5.2 * len(ms), 4.3), sharey=True, squeeze=False)
+    lrs = sorted(set(d.lr))
+    pal = dict(zip(lrs, sns.color_palette("viridis", len(lrs))))
+    for ax, m in zip(axes[0], ms):
+        g = d[d.method == m].assign(lr_label=lambda x: x.lr.map(lambda v: f"{v:g}"))
+        sns.lineplot(g, x="layers", y="final_test_acc", hue="lr_label", hue_order=[f"{v:g}" for v in lrs],
+                     palette={f"{v:g}": c for v, c in pal.items()}, marker="o", errorbar=("pi", 100), ax=ax)
+        mark_diverged(ax, g, "layers")
+        default = float(d[(d.method == m) & (d.part == "depth")].lr.iloc[0]) if (d.part == "depth").any() else None
+        ax.set_title(f"{m}" + (f" (figure's lr {default:g})" if default is not None else ""), fontsize=10)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(set(d.layers)), [str(x) for x in sorted(set(d.layers))])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("weight layers")
+        ax.axhline(10.0, color="0.6", lw=0.8, ls=":")
+        ax.legend(title="lr", fontsize=7, title_fontsize=8)
+    axes[0][0].set_ylabel("final test accuracy (%)")
+    n = d.seed.nunique()
+    fig.suptitle(f"FOTON depth scaling, {dataset}: learning rate per depth (× = diverged; dotted: chance)"
+                 + (f"\n{P['epochs']} epoch{'s' * (P['epochs'] != 1)}, {n} seed{'s' * (n != 1)} "
+                    "(spec: 100 epochs, ≥ 3 seeds)" if P else ""), fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 FREQ_MARGIN = 1.0  # points; our allowance for seed noise, fixed before any depth run (claims.yaml)
@@ -114,7 +200,7 @@ def frequency_check(fin: pd.DataFrame) -> dict:
 def plot_depth(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     from matplotlib.ticker import NullFormatter
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    d = measured(fin)  # diverged runs at their measured (chance-level) accuracy, drawn ×
+    d = measured(depth_frame(fin))  # diverged runs at their measured (chance-level) accuracy, drawn ×
     sns.lineplot(d, x="layers", y="final_test_acc", hue="method", style="method", markers=True, dashes=False,
                  errorbar=("pi", 100), ax=ax)
     mark_diverged(ax, d, "layers")
