@@ -67,6 +67,50 @@ def test_linear_one_hidden_layer_is_dfa_with_g_as_feedback():
     torch.testing.assert_close((yhat - b.y).T @ m.forward_all(b.x)[1][1] / 7, m.layers[1].weight.grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_hot_targets_take_rows_of_psi_g_bit_for_bit(dtype):
+    """ψ(yG) for one-hot y is a row gather of ψ(G), equal to the product bit for bit (MLP and CNN, 20
+    steps each: identical weights), recomputed when G is replaced (a checkpoint); [B, 1] regression
+    targets and non-one-hot targets take the product."""
+    import torch.nn.functional as F
+
+    def product(self, model, y):  # the formula as written
+        return self.psi(model, y @ self.G)
+
+    for build in (lambda: setup(act="relu", sizes=(20, 64, 32, 10))[:2], lambda: _ftp_cnn((4,), ())):
+        runs = []
+        for patch in (False, True):
+            torch.manual_seed(3)
+            model, rule = build()
+            model = model.to(dtype)
+            rule.G = rule.G.to(dtype)
+            if patch:
+                rule.psi_label = product.__get__(rule)
+            g = torch.Generator().manual_seed(4)
+            for _ in range(20):
+                x = torch.rand(9, model.layers[0].in_features if not getattr(model, "convs", ()) else 784,
+                               generator=g, dtype=dtype)
+                y = F.one_hot(torch.randint(0, 10, (9,), generator=g), 10).to(dtype)
+                rule.step(model, Batch(torch.arange(9), x, y))
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p -= 0.1 * p.grad
+            runs.append([p.clone() for p in model.parameters()])
+        assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+    model, rule = setup(act="relu", sizes=(6, 5, 4, 3))[:2]
+    y = F.one_hot(torch.tensor([2, 0, 1, 2]), 3).double()
+    assert torch.equal(rule.psi_label(model, y), torch.relu(y @ rule.G))
+    rule.load_state_dict({"G": torch.randn(3, 5, dtype=torch.float64)})  # the cached ψ(G) follows G
+    assert torch.equal(rule.psi_label(model, y), torch.relu(y @ rule.G))
+    soft = setup(act="relu", sizes=(6, 5, 4, 3))[1]
+    s = torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.25, 0.25]], dtype=torch.float64)  # not one-hot: the product
+    assert torch.equal(soft.psi_label(model, s), torch.relu(s @ soft.G)) and soft._one_hot is False
+    reg = setup(act="relu", sizes=(6, 5, 4, 1))[1]
+    r = torch.tensor([[1.0], [0.0], [-0.5]], dtype=torch.float64)  # regression's [B, 1]: the product
+    assert torch.equal(reg.psi_label(model, r), torch.relu(r @ reg.G)) and reg._one_hot is False
+
+
 def test_bad_parameters():
     from repro.models import ConfigError
     with pytest.raises(ConfigError, match="rule.gamma_mode='x'"):

@@ -39,6 +39,7 @@ class FTP(Rule):
         check_choice("rule.pre", self.params["pre"], ("h", "tau"))
 
     def setup(self, model, n_train):
+        self._one_hot = None  # decided on the first batch (psi_label)
         self.cnn = len(getattr(model, "convs", ())) > 0
         if self.cnn:
             if model.bn:
@@ -62,11 +63,25 @@ class FTP(Rule):
         p = self.params["psi"]
         return model.act.fn(v) if p == "act" else ACTIVATIONS[p].fn(v)
 
+    def psi_label(self, model, y: torch.Tensor) -> torch.Tensor:
+        """ψ(y G). For one-hot targets (classification; the data's contract, checked on the first batch) it is
+        the labels' rows of ψ(G), computed once per G: a one-hot product picks a row exactly, so this equals
+        ψ(y G) bit for bit and saves a [B, C]×[C, n₁] product and ψ on [B, n₁] each step (on the CNN n₁ is the
+        whole first feature map). Other targets (regression's [B, 1]) take the product."""
+        if getattr(self, "_one_hot", None) is None:
+            self._one_hot = y.shape[1] > 1 and torch.equal(
+                y, torch.nn.functional.one_hot(y.argmax(1), y.shape[1]).to(y.dtype))
+        if not self._one_hot:
+            return self.psi(model, y @ self.G)
+        if getattr(self, "_psi_G_of", None) is not self.G:  # G set in setup or restored from a checkpoint
+            self._psi_G, self._psi_G_of = self.psi(model, self.G), self.G
+        return self._psi_G.index_select(0, y.argmax(1))
+
     def first_target(self, model, h1: torch.Tensor, yhat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         g = self.params["gamma"]
         base = self.psi(model, yhat @ self.G)
         if self.params["gamma_mode"] == "scale":
-            return h1 + signal(model, g * (self.psi(model, y @ self.G) - base), "correction")
+            return h1 + signal(model, g * (self.psi_label(model, y) - base), "correction")
         return h1 + signal(model, self.psi(model, (yhat + g * (y - yhat)) @ self.G) - base, "correction")
 
     @torch.no_grad()
