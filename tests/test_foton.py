@@ -326,6 +326,25 @@ def test_depth_lr_sweep_adds_each_rate_once_and_keeps_the_figures_runs():
     assert m["lr_sweep_best"]["BP"][L] == {"lr": 2.0, "final_test_acc": 70.0 + P["depths"][-1]}
 
 
+def test_init_signal_is_kept_by_linear_orthogonal_layers_and_shrinks_through_relu(mirror, tmp_path, monkeypatch):
+    """init_signal: the figure's models as train.build starts them. Linear: each square orthogonal layer
+    keeps the norm, so the last hidden layer's equals the first's (to float error); ReLU: smaller at each depth."""
+    from repro.figures import foton as ff
+    from repro.figures.common import load_params
+    monkeypatch.setenv("REPRO_DATA_MIRROR", str(mirror))
+    monkeypatch.setenv("REPRO_DATA_ROOT", str(tmp_path / "data"))
+    P = {**load_params("foton_depth", "params.smoke.yaml"), "depths": [2, 3, 5, 10]}
+    lin = ff.init_signal({**P, "act": "identity"}, "mnist", n=256)
+    relu = ff.init_signal(P, "mnist", n=256)
+    assert list(lin) == list(relu) == ["2", "3", "5", "10"]
+    assert all(0 < v["first_hidden_norm_ratio"] < 1 for v in lin.values())  # 784 → 32, orthonormal rows: a projection
+    # after the first layer the linear net keeps the norm exactly (square orthogonal layers)
+    assert all(abs(v["hidden_norm_ratio"] / v["first_hidden_norm_ratio"] - 1) < 1e-5 for v in lin.values())
+    h = [v["hidden_norm_ratio"] / v["first_hidden_norm_ratio"] for v in relu.values()]
+    assert h[0] == 1.0  # 2 layers: the last hidden layer is the first
+    assert all(a > b for a, b in zip(h, h[1:])) and h[-1] < 0.1 * h[0]
+
+
 def test_lr_sweep_jobs_share_the_tables_runs_and_change_only_the_lr():
     from repro.figures import foton as ff
     from repro.figures.common import load_params

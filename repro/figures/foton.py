@@ -163,6 +163,39 @@ def plot_depth_lr(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     return fig
 
 
+def init_signal(P: dict, dataset: str, n: int = 1024) -> dict:
+    """How much of the input reaches the output at initialisation, per depth: the norm of the last hidden
+    layer's, the last hidden layer's and the logits' batch over the input batch's (Frobenius), on the first
+    ``n`` training images, for the figure's model
+    as its runs start it (``train.build``: same seed, orthogonal init, no biases; no dropout). With
+    orthonormal weights a layer cannot amplify (‖W h‖ = ‖h‖) and ReLU drops the negative part, so the signal
+    shrinks with depth and, the weights being held orthogonal, FOTON cannot grow it back — a measured reason,
+    independent of the learning rate, for deep ReLU nets here to stay at chance."""
+    import torch
+
+    from ..train import build, load_data, normalize_config
+    jobs = {}
+    for j in depth_frame_jobs(P, dataset):
+        jobs.setdefault(j["layers"], j)
+    out, data = {}, None
+    for L, j in sorted(jobs.items()):
+        cfg = normalize_config(j["config"])
+        data = data or load_data(cfg, torch.device("cpu"))
+        model, _ = build(cfg, torch.device("cpu"), data)
+        x = data.x_train[:n]
+        with torch.no_grad():
+            _, hs = model.forward_all(x)
+        out[str(int(L))] = {"first_hidden_norm_ratio": float(hs[1].norm() / x.norm()),
+                            "hidden_norm_ratio": float(hs[-2].norm() / x.norm()),
+                            "logit_norm_ratio": float(hs[-1].norm() / x.norm())}
+    return out
+
+
+def depth_frame_jobs(P: dict, dataset: str) -> list[dict]:
+    """The depth figure's own jobs (seed ``seeds[0]``), without the lr grid's."""
+    return [j for j in depth_jobs({**P, "lr_sweep": None}, dataset) if j["seed"] == P["seeds"][0]]
+
+
 FREQ_MARGIN = 1.0  # points; our allowance for seed noise, fixed before any depth run (claims.yaml)
 
 
@@ -197,9 +230,25 @@ def frequency_check(fin: pd.DataFrame) -> dict:
             "frequent_not_worse_at_depth": bool(ok_all)}
 
 
-def plot_depth(fin: pd.DataFrame, dataset: str, P: dict | None = None):
+def plot_depth(fin: pd.DataFrame, dataset: str, P: dict | None = None, signal: dict | None = None):
+    """Final test accuracy vs depth; with ``signal`` (:func:`init_signal`) a second panel: how much of the
+    input reaches the last hidden layer and the logits at initialisation."""
     from matplotlib.ticker import NullFormatter
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    if signal:
+        fig, (ax, sx) = plt.subplots(1, 2, figsize=(11.5, 4.5), gridspec_kw={"width_ratios": [2.2, 1]})
+        Ls = sorted(int(L) for L in signal)
+        for key, lab, mk in (("hidden_norm_ratio", "last hidden layer", "o"), ("logit_norm_ratio", "logits", "s")):
+            sx.plot(Ls, [signal[str(L)][key] for L in Ls], marker=mk, label=lab)
+        sx.set_xscale("log")
+        sx.set_yscale("log")
+        sx.set_xticks(Ls, [str(L) for L in Ls])
+        sx.xaxis.set_minor_formatter(NullFormatter())
+        sx.set_xlabel("weight layers")
+        sx.set_ylabel("‖h‖ / ‖x‖ at initialisation")
+        sx.set_title("signal reaching the output at init\n(orthogonal weights, no biases)", fontsize=10)
+        sx.legend(fontsize=7)
+    else:
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
     d = measured(depth_frame(fin))  # diverged runs at their measured (chance-level) accuracy, drawn ×
     sns.lineplot(d, x="layers", y="final_test_acc", hue="method", style="method", markers=True, dashes=False,
                  errorbar=("pi", 100), ax=ax)
