@@ -294,7 +294,7 @@ def test_depth_lr_sweep_adds_each_rate_once_and_keeps_the_figures_runs():
     jobs = ff.depth_jobs(P, "mnist")
     fig = [j for j in jobs if j["part"] == "depth"]
     grid = [j for j in jobs if j["part"] == "lr_sweep"]
-    plain = ff.depth_jobs({**P, "lr_sweep": None}, "mnist")
+    plain = [j for j in ff.depth_jobs({**P, "lr_sweep": None}, "mnist") if j["part"] == "depth"]
     key = lambda j: run_key(normalize_config(j["config"]))  # noqa: E731
     assert [key(j) for j in fig] == [key(j) for j in plain]  # the figure's runs (and run keys) are unchanged
     assert len({key(j) for j in jobs}) == len(jobs)  # the shared grid point (the figure's lr) is not repeated
@@ -343,6 +343,39 @@ def test_init_signal_is_kept_by_linear_orthogonal_layers_and_shrinks_through_rel
     h = [v["hidden_norm_ratio"] / v["first_hidden_norm_ratio"] for v in relu.values()]
     assert h[0] == 1.0  # 2 layers: the last hidden layer is the first
     assert all(a > b for a, b in zip(h, h[1:])) and h[-1] < 0.1 * h[0]
+
+
+def test_depth_act_controls_change_only_the_activation_and_parts_keep_to_their_depths():
+    import pandas as pd
+    from repro.figures import foton as ff
+    from repro.figures.common import load_params
+    from repro.models import ConfigError
+    from repro.train import normalize_config
+    P = {**load_params("foton_depth", "params.smoke.yaml"), "depths": [2, 3, 5]}
+    P = {**P, "lr_sweep": {"methods": ["BP"], "lrs": [0.5], "depths": [2, 3]},
+         "act_controls": {"acts": ["tanh", "identity"], "methods": ["FOTON o=1 ff=1", "BP"], "depths": [3, 5]}}
+    jobs = ff.depth_jobs(P, "mnist")
+    assert sorted(j["layers"] for j in jobs if j["part"] == "lr_sweep") == [2, 3]
+    act = [j for j in jobs if j["part"] == "act"]
+    assert sorted((j["method"], j["layers"]) for j in act) == sorted(
+        (f"{m} ({a})", L) for a in ("tanh", "identity") for m in ("FOTON o=1 ff=1", "BP") for L in (3, 5))
+    fig = [j for j in jobs if j["part"] == "depth"]
+    for j in act:  # only the activation differs from the figure's run
+        f = next(f for f in fig if f["method"] == j["method"].rsplit(" (", 1)[0] and f["layers"] == j["layers"])
+        a, b = normalize_config(j["config"]), normalize_config(f["config"])
+        assert a["model"].pop("act") == j["act"] and b["model"].pop("act") == P["act"] == f["act"] and a == b
+    for bad, msg in (({"acts": ["relu"], "methods": ["BP"]}, r"act_controls.acts: .*relu"),
+                     ({"acts": ["tanh"], "methods": ["FOTON"]}, r"act_controls.methods: \['FOTON'\] are not methods"),
+                     ({"acts": ["tanh"], "methods": ["BP"], "depths": [4]}, r"act_controls.depths: \[4\] not in")):
+        with pytest.raises(ConfigError, match=msg):
+            ff.depth_jobs({**P, "act_controls": bad}, "mnist")
+    rows = [{**{k: v for k, v in j.items() if k != "config"}, "status": "ok",
+             "final_test_acc": {"relu": 20.0, "tanh": 80.0, "identity": 50.0}[j["act"]] + j["layers"],
+             "best_test_acc": 0.0} for j in jobs]
+    m = ff.metrics(pd.DataFrame(rows))
+    assert m["act_controls"]["BP"]["tanh"] == {"3": 83.0, "5": 85.0}
+    assert m["act_controls"]["BP"]["relu"] == {"3": 23.0, "5": 25.0}  # the figure's runs at the controls' depths
+    assert m["final_test_acc"]["BP"] == {"2": 22.0, "3": 23.0, "5": 25.0}  # the figure: its own runs only
 
 
 def test_lr_sweep_jobs_share_the_tables_runs_and_change_only_the_lr():

@@ -15,7 +15,7 @@ SECTION = {"f3_regression_gap": "f3_regression", "f3_mnist": "f3_mnist", "f3_var
            "ffzero_dd_cosine": "ffzero_dd_cosine", "ffzero_cnn_sweep": "ffzero_cnn",
            "ffzero_regression": "ffzero_regression", "foton_shallow": "foton_shallow", "f3_vit": "f3_vit",
            "ftp_noise": "ftp_noise", "ftp_alignment": "ftp_alignment"}
-FIGURES = {"f3_regression_gap": 2, "f3_mnist": 3, "f3_variants": 2, "foton_depth_scaling": 2, "ffzero_width_sweep": 1, "foton_alignment": 1, "ftp_accuracy": 1, "f3_depth": 1, "ftp_quantized": 6, "ffzero_dd_cosine": 1,
+FIGURES = {"f3_regression_gap": 2, "f3_mnist": 3, "f3_variants": 2, "foton_depth_scaling": 3, "ffzero_width_sweep": 1, "foton_alignment": 1, "ftp_accuracy": 1, "f3_depth": 1, "ftp_quantized": 6, "ffzero_dd_cosine": 1,
            "ffzero_cnn_sweep": 1, "ffzero_regression": 2, "foton_shallow": 2, "f3_vit": 1,
            "ftp_noise": 2, "ftp_alignment": 1}
 PER_DATASET = {"foton_depth", "foton_shallow", "ffzero_width", "ffzero_cnn", "ftp_table", "ftp_quantized",

@@ -35,20 +35,20 @@ def depth_jobs(P: dict, dataset: str) -> list[dict]:
     sgd = lambda lr: {"name": "sgd", "lr": lr, "momentum": 0.0}  # noqa: E731
     for seed in P["seeds"]:
         for L in P["depths"]:
+            col = {"dataset": dataset, "layers": L, "seed": seed, "part": "depth", "act": P["act"]}
             for ortho, ff in P["frequencies"]:
                 rule = {"name": "foton", "ortho_every": ortho, "ff_every": ff, "keep": P["keep"]}
-                jobs.append({"dataset": dataset, "layers": L, "seed": seed, "method": f"FOTON o={ortho} ff={ff}",
-                             "lr": P["lr"]["FOTON"], "part": "depth",
+                jobs.append({**col, "method": f"FOTON o={ortho} ff={ff}", "lr": P["lr"]["FOTON"],
                              "config": net(P, dataset, L, rule, sgd(P["lr"]["FOTON"]), seed)})
             if P["include_bp"]:
-                jobs.append({"dataset": dataset, "layers": L, "seed": seed, "method": "BP", "lr": P["lr"]["BP"],
-                             "part": "depth", "config": net(P, dataset, L, {"name": "bp"}, sgd(P["lr"]["BP"]), seed)})
+                jobs.append({**col, "method": "BP", "lr": P["lr"]["BP"],
+                             "config": net(P, dataset, L, {"name": "bp"}, sgd(P["lr"]["BP"]), seed)})
             if P["include_pepita"]:
                 rule = {"name": "pepita", "keep": P["keep"]}
                 opt = {"name": "sgd", "lr": P["lr"]["PEPITA"], "momentum": 0.9}
-                jobs.append({"dataset": dataset, "layers": L, "seed": seed, "method": "PEPITA",
-                             "lr": P["lr"]["PEPITA"], "part": "depth", "config": net(P, dataset, L, rule, opt, seed)})
-    return jobs + _depth_lr_jobs(P, jobs)
+                jobs.append({**col, "method": "PEPITA", "lr": P["lr"]["PEPITA"],
+                             "config": net(P, dataset, L, rule, opt, seed)})
+    return jobs + _depth_lr_jobs(P, jobs) + _depth_act_jobs(P, jobs)
 
 
 def _depth_lr_jobs(P: dict, figure: list[dict]) -> list[dict]:
@@ -63,13 +63,10 @@ def _depth_lr_jobs(P: dict, figure: list[dict]) -> list[dict]:
     bad = [m for m in S["methods"] if m not in labels]
     if bad:
         raise ConfigError(f"foton_depth.lr_sweep.methods: {bad} are not methods of the depth figure; allowed: {labels}")
-    seeds = S.get("seeds", P["seeds"])
-    extra = sorted(set(seeds) - set(P["seeds"]))
-    if extra:
-        raise ConfigError(f"foton_depth.lr_sweep.seeds: {extra} not in foton_depth.seeds {list(P['seeds'])}")
+    seeds, depths = _part_seeds_depths(P, S, "lr_sweep")
     jobs = []
     for j in figure:
-        if j["method"] not in S["methods"] or j["seed"] not in seeds:
+        if j["method"] not in S["methods"] or j["seed"] not in seeds or j["layers"] not in depths:
             continue
         for lr in dict.fromkeys(float(v) for v in S["lrs"]):
             if lr == float(j["lr"]):
@@ -78,6 +75,86 @@ def _depth_lr_jobs(P: dict, figure: list[dict]) -> list[dict]:
             cfg["optim"]["lr"] = lr
             jobs.append({**j, "lr": lr, "part": "lr_sweep", "config": cfg})
     return jobs
+
+
+def _part_seeds_depths(P: dict, S: dict, part: str) -> tuple[list, list]:
+    """An optional part's ``seeds`` and ``depths`` (default: the figure's), each a subset of the figure's."""
+    out = []
+    for k in ("seeds", "depths"):
+        v = list(S.get(k) or P[k])
+        extra = sorted(set(v) - set(P[k]))
+        if extra:
+            raise ConfigError(f"foton_depth.{part}.{k}: {extra} not in foton_depth.{k} {list(P[k])}")
+        out.append(v)
+    return out[0], out[1]
+
+
+def _depth_act_jobs(P: dict, figure: list[dict]) -> list[dict]:
+    """``act_controls`` (optional, ``{acts, methods, seeds, depths}``): foton.md §6 item 6 — the deep
+    experiments' activation is unknown (the code's default ReLU; E3's may be linear), so the listed methods
+    of the figure train again with each of ``acts`` (e.g. tanh, identity), everything else the figure's.
+    Part ``act``, method labels ``<method> (<act>)``."""
+    from ..models import ACTIVATIONS
+    S = P.get("act_controls")
+    if not S:
+        return []
+    labels = list(dict.fromkeys(j["method"] for j in figure))
+    bad = [m for m in S["methods"] if m not in labels]
+    if bad:
+        raise ConfigError(f"foton_depth.act_controls.methods: {bad} are not methods of the depth figure; "
+                          f"allowed: {labels}")
+    check_known("foton_depth.act_controls.acts", S["acts"], [a for a in ACTIVATIONS if a != P["act"]])
+    seeds, depths = _part_seeds_depths(P, S, "act_controls")
+    jobs = []
+    for a in S["acts"]:
+        for j in figure:
+            if j["method"] in S["methods"] and j["seed"] in seeds and j["layers"] in depths:
+                cfg = copy.deepcopy(j["config"])
+                cfg["model"]["act"] = a
+                jobs.append({**j, "method": f"{j['method']} ({a})", "act": a, "part": "act", "config": cfg})
+    return jobs
+
+
+def depth_act_frame(fin: pd.DataFrame) -> pd.DataFrame:
+    """The activation controls' runs with the figure's runs of the same methods, seeds and depths (its ``act``),
+    diverged ones at their measured accuracy; column ``base`` is the figure's method label."""
+    if "part" not in fin or not (fin.part == "act").any():
+        return fin.iloc[0:0]
+    ctl = fin[fin.part == "act"].copy()
+    ctl["base"] = ctl.method.str.rsplit(" (", n=1).str[0]
+    keys = set(zip(ctl.base, ctl.seed, ctl.layers))
+    shared = np.array([k in keys for k in zip(fin.method, fin.seed, fin.layers)], dtype=bool)
+    fig = fin[(fin.part == "depth").to_numpy() & shared].copy()
+    fig["base"] = fig.method
+    return measured(pd.concat([fig, ctl], ignore_index=True))
+
+
+def plot_depth_act(fin: pd.DataFrame, dataset: str, P: dict):
+    """The activation controls: final test accuracy against depth, a line per activation, a panel per method."""
+    from matplotlib.ticker import NullFormatter
+    d = depth_act_frame(fin)
+    d = d.assign(activation=d.act)
+    ms = list(dict.fromkeys(d.base))
+    fig, axes = plt.subplots(1, len(ms), figsize=(5.2 * len(ms), 4.3), sharey=True, squeeze=False)
+    for ax, m in zip(axes[0], ms):
+        g = d[d.base == m]
+        sns.lineplot(g, x="layers", y="final_test_acc", hue="activation", style="activation", markers=True,
+                     dashes=False, errorbar=("pi", 100), ax=ax)
+        mark_diverged(ax, g, "layers")
+        ax.set_title(m, fontsize=10)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(set(d.layers)), [str(x) for x in sorted(set(d.layers))])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("weight layers")
+        ax.axhline(10.0, color="0.6", lw=0.8, ls=":")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("final test accuracy (%)")
+    n = d.seed.nunique()
+    fig.suptitle(f"FOTON depth scaling, {dataset}: the activation (the figure's: {P['act']}; × = diverged; "
+                 f"dotted: chance)\n{P['epochs']} epoch{'s' * (P['epochs'] != 1)}, {n} seed{'s' * (n != 1)}, "
+                 "the figure's learning rates (spec: 100 epochs, ≥ 3 seeds)", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def depth_frame(fin: pd.DataFrame) -> pd.DataFrame:
@@ -101,7 +178,7 @@ def _with_acc(hist, fin, reason):
 
 
 def metrics(fin: pd.DataFrame) -> dict:
-    grid, fin = depth_lr_frame(fin), depth_frame(fin)
+    grid, ctl, fin = depth_lr_frame(fin), depth_act_frame(fin), depth_frame(fin)
     ok = fin[fin.status == "ok"]
     out = {"final_test_acc": {}, "best_test_acc": {}, "diverged": {}}
     for (m, L), g in ok.groupby(["method", "layers"]):
@@ -121,16 +198,20 @@ def metrics(fin: pd.DataFrame) -> dict:
                                                 max(((float(lr), v["final_test_acc"]) for lr, v in per.items()),
                                                     key=lambda t: t[1])))
                                     for L, per in byL.items()} for m, byL in out["lr_sweep"].items()}
+    if len(ctl):  # per method, activation and depth: final test accuracy (the figure's runs as its act)
+        out["act_controls"] = {m: {a: {str(int(L)): float(gl.final_test_acc.mean()) for L, gl in ga.groupby("layers")}
+                                   for a, ga in gm.groupby("act")}
+                               for m, gm in ctl.groupby("base")}
     return out
 
 
 def depth_lr_frame(fin: pd.DataFrame) -> pd.DataFrame:
-    """The lr grid's runs with the figure's runs it shares (same method and seed), diverged ones at their
+    """The lr grid's runs with the figure's runs it shares (same method, seed and depth), diverged ones at their
     measured accuracy; empty without an ``lr_sweep``."""
     if "part" not in fin or not (fin.part == "lr_sweep").any():
         return fin.iloc[0:0]
-    keys = set(zip(*(fin[fin.part == "lr_sweep"][c] for c in ("method", "seed"))))
-    return measured(fin[[k in keys for k in zip(fin.method, fin.seed)]])
+    keys = set(zip(*(fin[fin.part == "lr_sweep"][c] for c in ("method", "seed", "layers"))))
+    return measured(fin[[k in keys for k in zip(fin.method, fin.seed, fin.layers)]])
 
 
 def plot_depth_lr(fin: pd.DataFrame, dataset: str, P: dict | None = None):
