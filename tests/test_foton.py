@@ -306,6 +306,12 @@ def test_depth_lr_sweep_adds_each_rate_once_and_keeps_the_figures_runs():
         f = next(f for f in fig if (f["method"], f["layers"], f["seed"]) == (j["method"], j["layers"], j["seed"]))
         a, b = normalize_config(j["config"]), normalize_config(f["config"])
         assert a["optim"].pop("lr") == j["lr"] and b["optim"].pop("lr") == f["lr"] and a == b
+    # a list of grids: a point two grids share trains once; each grid keeps to its own depths
+    two = ff.depth_jobs({**P, "lr_sweep": [{"methods": ["BP"], "lrs": [0.5, 2.0], "depths": [2]},
+                                           {"methods": ["BP"], "lrs": [0.5, 0.01], "seeds": [2]}]}, "mnist")
+    g2 = sorted((j["seed"], j["layers"], j["lr"]) for j in two if j["part"] == "lr_sweep")
+    assert g2 == sorted([(s, 2, lr) for s in (1, 2) for lr in (0.5, 2.0)]
+                        + [(2, L, lr) for L in P["depths"] for lr in (0.5, 0.01) if (L, lr) != (2, 0.5)])
     with pytest.raises(ConfigError, match=r"foton_depth.lr_sweep.methods: \['FOTON o=2 ff=2'\] are not methods"):
         ff.depth_jobs({**P, "lr_sweep": {"methods": ["FOTON o=2 ff=2"], "lrs": [0.1]}}, "mnist")
     with pytest.raises(ConfigError, match=r"foton_depth.lr_sweep.seeds: \[3\] not in foton_depth.seeds"):

@@ -52,28 +52,30 @@ def depth_jobs(P: dict, dataset: str) -> list[dict]:
 
 
 def _depth_lr_jobs(P: dict, figure: list[dict]) -> list[dict]:
-    """``lr_sweep`` (optional, ``{methods, lrs, seeds}``): foton.md §6 item 3 — the learning rate per depth is
-    unknown (the code's 0.5 is its 3-layer net's) and BP takes the same grid — so each listed method of the
-    figure (a label such as ``FOTON o=1 ff=1`` or ``BP``) trains again at every depth on each of ``lrs``, its
-    config otherwise the figure's; the figure's own run is the grid point it shares. Part ``lr_sweep``."""
-    S = P.get("lr_sweep")
-    if not S:
-        return []
+    """``lr_sweep`` (optional, ``{methods, lrs, seeds, depths}`` or a list of them): foton.md §6 item 3 — the
+    learning rate per depth is unknown (the code's 0.5 is its 3-layer net's) and BP takes the same grid — so
+    each listed method of the figure (a label such as ``FOTON o=1 ff=1`` or ``BP``) trains again at each of
+    the grid's depths (default: all) on each of ``lrs``, its config otherwise the figure's; the figure's own
+    run is the grid point it shares, and a point two grids share trains once. Part ``lr_sweep``."""
     labels = list(dict.fromkeys(j["method"] for j in figure))
-    bad = [m for m in S["methods"] if m not in labels]
-    if bad:
-        raise ConfigError(f"foton_depth.lr_sweep.methods: {bad} are not methods of the depth figure; allowed: {labels}")
-    seeds, depths = _part_seeds_depths(P, S, "lr_sweep")
-    jobs = []
-    for j in figure:
-        if j["method"] not in S["methods"] or j["seed"] not in seeds or j["layers"] not in depths:
-            continue
-        for lr in dict.fromkeys(float(v) for v in S["lrs"]):
-            if lr == float(j["lr"]):
-                continue  # the figure's own run
-            cfg = copy.deepcopy(j["config"])
-            cfg["optim"]["lr"] = lr
-            jobs.append({**j, "lr": lr, "part": "lr_sweep", "config": cfg})
+    jobs, seen = [], set()
+    for S in lr_grids(P):
+        bad = [m for m in S["methods"] if m not in labels]
+        if bad:
+            raise ConfigError(f"foton_depth.lr_sweep.methods: {bad} are not methods of the depth figure; "
+                              f"allowed: {labels}")
+        seeds, depths = _part_seeds_depths(P, S, "lr_sweep")
+        for j in figure:
+            if j["method"] not in S["methods"] or j["seed"] not in seeds or j["layers"] not in depths:
+                continue
+            for lr in dict.fromkeys(float(v) for v in S["lrs"]):
+                point = (j["method"], j["seed"], j["layers"], lr)
+                if lr == float(j["lr"]) or point in seen:
+                    continue  # the figure's own run, or a point an earlier grid has
+                seen.add(point)
+                cfg = copy.deepcopy(j["config"])
+                cfg["optim"]["lr"] = lr
+                jobs.append({**j, "lr": lr, "part": "lr_sweep", "config": cfg})
     return jobs
 
 
@@ -540,8 +542,9 @@ def _exact_bjorck_jobs(P: dict, table: list[dict]) -> list[dict]:
 
 
 def lr_grids(P: dict) -> list[dict]:
-    """``lr_sweep``: one grid ``{reading, methods, lrs, seeds}`` or a list of them (e.g. the full grid on the
-    cheap reading and a single point on the costly one); none when null."""
+    """``lr_sweep`` (``foton_shallow``: ``{reading, methods, lrs, seeds}``; ``foton_depth``: ``{methods, lrs,
+    seeds, depths}``): one grid or a list of them (e.g. the full grid where it is cheap and a few points
+    where it is costly); none when null."""
     S = P.get("lr_sweep")
     return [] if not S else list(S) if isinstance(S, list) else [S]
 
