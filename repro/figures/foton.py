@@ -57,14 +57,9 @@ def _depth_lr_jobs(P: dict, figure: list[dict]) -> list[dict]:
     each listed method of the figure (a label such as ``FOTON o=1 ff=1`` or ``BP``) trains again at each of
     the grid's depths (default: all) on each of ``lrs``, its config otherwise the figure's; the figure's own
     run is the grid point it shares, and a point two grids share trains once. Part ``lr_sweep``."""
-    labels = list(dict.fromkeys(j["method"] for j in figure))
     jobs, seen = [], set()
     for S in lr_grids(P):
-        bad = [m for m in S["methods"] if m not in labels]
-        if bad:
-            raise ConfigError(f"foton_depth.lr_sweep.methods: {bad} are not methods of the depth figure; "
-                              f"allowed: {labels}")
-        seeds, depths = _part_seeds_depths(P, S, "lr_sweep")
+        seeds, depths = _part_selection(P, S, "lr_sweep", figure)
         for j in figure:
             if j["method"] not in S["methods"] or j["seed"] not in seeds or j["layers"] not in depths:
                 continue
@@ -79,8 +74,13 @@ def _depth_lr_jobs(P: dict, figure: list[dict]) -> list[dict]:
     return jobs
 
 
-def _part_seeds_depths(P: dict, S: dict, part: str) -> tuple[list, list]:
-    """An optional part's ``seeds`` and ``depths`` (default: the figure's), each a subset of the figure's."""
+def _part_selection(P: dict, S: dict, part: str, figure: list[dict]) -> tuple[list, list]:
+    """An optional part's ``methods`` (labels of the figure's), and its ``seeds`` and ``depths`` (default: the
+    figure's; each a subset of the figure's), returned; anything else is one line naming the key."""
+    labels = list(dict.fromkeys(j["method"] for j in figure))
+    bad = [m for m in S["methods"] if m not in labels]
+    if bad:
+        raise ConfigError(f"foton_depth.{part}.methods: {bad} are not methods of the depth figure; allowed: {labels}")
     out = []
     for k in ("seeds", "depths"):
         v = list(S.get(k) or P[k])
@@ -100,13 +100,8 @@ def _depth_act_jobs(P: dict, figure: list[dict]) -> list[dict]:
     S = P.get("act_controls")
     if not S:
         return []
-    labels = list(dict.fromkeys(j["method"] for j in figure))
-    bad = [m for m in S["methods"] if m not in labels]
-    if bad:
-        raise ConfigError(f"foton_depth.act_controls.methods: {bad} are not methods of the depth figure; "
-                          f"allowed: {labels}")
     check_known("foton_depth.act_controls.acts", S["acts"], [a for a in ACTIVATIONS if a != P["act"]])
-    seeds, depths = _part_seeds_depths(P, S, "act_controls")
+    seeds, depths = _part_selection(P, S, "act_controls", figure)
     jobs = []
     for a in S["acts"]:
         for j in figure:
@@ -133,7 +128,6 @@ def depth_act_frame(fin: pd.DataFrame) -> pd.DataFrame:
 
 def plot_depth_act(fin: pd.DataFrame, dataset: str, P: dict):
     """The activation controls: final test accuracy against depth, a line per activation, a panel per method."""
-    from matplotlib.ticker import NullFormatter
     d = depth_act_frame(fin)
     d = d.assign(activation=d.act)
     ms = list(dict.fromkeys(d.base))
@@ -144,10 +138,7 @@ def plot_depth_act(fin: pd.DataFrame, dataset: str, P: dict):
                      dashes=False, errorbar=("pi", 100), ax=ax)
         mark_diverged(ax, g, "layers")
         ax.set_title(m, fontsize=10)
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(set(d.layers)), [str(x) for x in sorted(set(d.layers))])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("weight layers")
+        _depth_axis(ax, d.layers)
         ax.axhline(10.0, color="0.6", lw=0.8, ls=":")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("final test accuracy (%)")
@@ -160,7 +151,7 @@ def plot_depth_act(fin: pd.DataFrame, dataset: str, P: dict):
 
 
 def depth_frame(fin: pd.DataFrame) -> pd.DataFrame:
-    """The depth figure's own runs (without the ``lr_sweep`` grid's)."""
+    """The depth figure's own runs (without the ``lr_sweep`` grid's and the ``act_controls``')."""
     return fin[fin.part == "depth"] if "part" in fin else fin
 
 
@@ -218,7 +209,6 @@ def depth_lr_frame(fin: pd.DataFrame) -> pd.DataFrame:
 
 def plot_depth_lr(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     """The lr grid: final test accuracy against depth, one line per lr, one panel per method."""
-    from matplotlib.ticker import NullFormatter
     d = depth_lr_frame(fin)
     ms = list(dict.fromkeys(d.method))
     fig, axes = plt.subplots(1, len(ms), figsize=(5.2 * len(ms), 4.3), sharey=True, squeeze=False)
@@ -231,10 +221,7 @@ def plot_depth_lr(fin: pd.DataFrame, dataset: str, P: dict | None = None):
         mark_diverged(ax, g, "layers")
         default = float(d[(d.method == m) & (d.part == "depth")].lr.iloc[0]) if (d.part == "depth").any() else None
         ax.set_title(f"{m}" + (f" (figure's lr {default:g})" if default is not None else ""), fontsize=10)
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(set(d.layers)), [str(x) for x in sorted(set(d.layers))])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("weight layers")
+        _depth_axis(ax, d.layers)
         ax.axhline(10.0, color="0.6", lw=0.8, ls=":")
         ax.legend(title="lr", fontsize=7, title_fontsize=8)
     axes[0][0].set_ylabel("final test accuracy (%)")
@@ -247,13 +234,12 @@ def plot_depth_lr(fin: pd.DataFrame, dataset: str, P: dict | None = None):
 
 
 def init_signal(P: dict, dataset: str, n: int = 1024) -> dict:
-    """How much of the input reaches the output at initialisation, per depth: the norm of the last hidden
+    """How much of the input reaches the output at initialisation, per depth: the norm of the first hidden
     layer's, the last hidden layer's and the logits' batch over the input batch's (Frobenius), on the first
-    ``n`` training images, for the figure's model
-    as its runs start it (``train.build``: same seed, orthogonal init, no biases; no dropout). With
-    orthonormal weights a layer cannot amplify (‖W h‖ = ‖h‖) and ReLU drops the negative part, so the signal
-    shrinks with depth and, the weights being held orthogonal, FOTON cannot grow it back — a measured reason,
-    independent of the learning rate, for deep ReLU nets here to stay at chance."""
+    ``n`` training images, for the figure's model as its runs start it (``train.build``: same seed, orthogonal
+    init, no biases; no dropout). With orthonormal weights a layer cannot amplify (‖W h‖ = ‖h‖) and ReLU drops
+    the negative part, so the signal shrinks with depth; FOTON keeps its weights orthogonal, so it can only
+    learn to lose less (pre-activations ReLU keeps), and BP starts from the same init. No training."""
     import torch
 
     from ..train import build, load_data, normalize_config
@@ -275,8 +261,9 @@ def init_signal(P: dict, dataset: str, n: int = 1024) -> dict:
 
 
 def depth_frame_jobs(P: dict, dataset: str) -> list[dict]:
-    """The depth figure's own jobs (seed ``seeds[0]``), without the lr grid's."""
-    return [j for j in depth_jobs({**P, "lr_sweep": None}, dataset) if j["seed"] == P["seeds"][0]]
+    """The depth figure's own jobs of seed ``seeds[0]`` (no lr grid or activation control)."""
+    return [j for j in depth_jobs({**P, "lr_sweep": None, "act_controls": None}, dataset)
+            if j["seed"] == P["seeds"][0]]
 
 
 FREQ_MARGIN = 1.0  # points; our allowance for seed noise, fixed before any depth run (claims.yaml)
@@ -313,20 +300,26 @@ def frequency_check(fin: pd.DataFrame) -> dict:
             "frequent_not_worse_at_depth": bool(ok_all)}
 
 
+def _depth_axis(ax, layers) -> None:
+    """A depth x-axis: log scale, a tick at each depth run, labelled in weight layers."""
+    from matplotlib.ticker import NullFormatter
+    Ls = sorted({int(L) for L in layers})
+    ax.set_xscale("log")
+    ax.set_xticks(Ls, [str(L) for L in Ls])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("weight layers")
+
+
 def plot_depth(fin: pd.DataFrame, dataset: str, P: dict | None = None, signal: dict | None = None):
     """Final test accuracy vs depth; with ``signal`` (:func:`init_signal`) a second panel: how much of the
     input reaches the last hidden layer and the logits at initialisation."""
-    from matplotlib.ticker import NullFormatter
     if signal:
         fig, (ax, sx) = plt.subplots(1, 2, figsize=(11.5, 4.5), gridspec_kw={"width_ratios": [2.2, 1]})
         Ls = sorted(int(L) for L in signal)
         for key, lab, mk in (("hidden_norm_ratio", "last hidden layer", "o"), ("logit_norm_ratio", "logits", "s")):
             sx.plot(Ls, [signal[str(L)][key] for L in Ls], marker=mk, label=lab)
-        sx.set_xscale("log")
+        _depth_axis(sx, Ls)
         sx.set_yscale("log")
-        sx.set_xticks(Ls, [str(L) for L in Ls])
-        sx.xaxis.set_minor_formatter(NullFormatter())
-        sx.set_xlabel("weight layers")
         sx.set_ylabel("‖h‖ / ‖x‖ at initialisation")
         sx.set_title("signal reaching the output at init\n(orthogonal weights, no biases)", fontsize=10)
         sx.legend(fontsize=7)
@@ -338,10 +331,7 @@ def plot_depth(fin: pd.DataFrame, dataset: str, P: dict | None = None, signal: d
     mark_diverged(ax, d, "layers")
     for L, v in REPORTED.get(dataset, {}).items():
         ax.scatter([L], [v], marker="*", s=160, c="gold", edgecolors="k", zorder=5, label="paper (FOTON)")
-    ax.set_xscale("log")
-    ax.set_xticks(sorted(set(d.layers)), [str(x) for x in sorted(set(d.layers))])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("weight layers")
+    _depth_axis(ax, d.layers)
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title(f"FOTON depth scaling, {dataset} (× = diverged, at its measured accuracy)"
                  + (f"\n{budget(P)}" if P else ""), fontsize=10)
