@@ -48,6 +48,8 @@ def depth_jobs(P: dict, dataset: str) -> list[dict]:
                 opt = {"name": "sgd", "lr": P["lr"]["PEPITA"], "momentum": 0.9}
                 jobs.append({**col, "method": "PEPITA", "lr": P["lr"]["PEPITA"],
                              "config": net(P, dataset, L, rule, opt, seed)})
+    for j in jobs:
+        j["base"] = j["method"]  # the figure's method a grid or control run repeats (its own label for these)
     return jobs + _depth_lr_jobs(P, jobs) + _depth_act_jobs(P, jobs)
 
 
@@ -112,40 +114,49 @@ def _depth_act_jobs(P: dict, figure: list[dict]) -> list[dict]:
     return jobs
 
 
-def depth_act_frame(fin: pd.DataFrame) -> pd.DataFrame:
-    """The activation controls' runs with the figure's runs of the same methods, seeds and depths (its ``act``),
-    diverged ones at their measured accuracy; column ``base`` is the figure's method label."""
-    if "part" not in fin or not (fin.part == "act").any():
+def part_frame(fin: pd.DataFrame, part: str) -> pd.DataFrame:
+    """An optional part's runs (``lr_sweep`` or ``act``) with the figure's runs they repeat (same ``base``
+    method, seed and depth: the figure's lr and activation), diverged ones at their measured accuracy; empty
+    when the part did not run."""
+    if "part" not in fin or not (fin.part == part).any():
         return fin.iloc[0:0]
-    ctl = fin[fin.part == "act"].copy()
-    ctl["base"] = ctl.method.str.rsplit(" (", n=1).str[0]
-    keys = set(zip(ctl.base, ctl.seed, ctl.layers))
-    shared = np.array([k in keys for k in zip(fin.method, fin.seed, fin.layers)], dtype=bool)
-    fig = fin[(fin.part == "depth").to_numpy() & shared].copy()
-    fig["base"] = fig.method
-    return measured(pd.concat([fig, ctl], ignore_index=True))
+    own = fin.part == part
+    keys = set(zip(fin.base[own], fin.seed[own], fin.layers[own]))
+    fig = (fin.part == "depth") & pd.Series([k in keys for k in zip(fin.base, fin.seed, fin.layers)], index=fin.index)
+    return measured(fin[own | fig])
 
 
 def plot_depth_act(fin: pd.DataFrame, dataset: str, P: dict):
     """The activation controls: final test accuracy against depth, a line per activation, a panel per method."""
-    d = depth_act_frame(fin)
-    d = d.assign(activation=d.act)
+    d = part_frame(fin, "act").assign(activation=lambda x: x.act)
+    return _panels_by_method(d, dataset, f"the activation (the figure's: {P['act']}; × = diverged; dotted: chance)",
+                             f"{_epochs(P)}, {{n}}, the figure's learning rates (spec: 100 epochs, ≥ 3 seeds)",
+                             lambda m, g: m, hue="activation", style="activation", markers=True, dashes=False)
+
+
+def _epochs(P: dict) -> str:
+    return f"{P['epochs']} epoch{'s' * (P['epochs'] != 1)}"
+
+
+def _panels_by_method(d: pd.DataFrame, dataset: str, what: str, budget_line: str | None, panel_title,
+                      legend: dict | None = None, **line) -> plt.Figure:
+    """One panel per figure method (``base``): final test accuracy against depth, lines as ``line`` (seaborn's
+    lineplot arguments), diverged runs as ×, chance dotted; ``budget_line`` may name ``{n}`` (the seeds)."""
     ms = list(dict.fromkeys(d.base))
     fig, axes = plt.subplots(1, len(ms), figsize=(5.2 * len(ms), 4.3), sharey=True, squeeze=False)
     for ax, m in zip(axes[0], ms):
         g = d[d.base == m]
-        sns.lineplot(g, x="layers", y="final_test_acc", hue="activation", style="activation", markers=True,
-                     dashes=False, errorbar=("pi", 100), ax=ax)
+        sns.lineplot(g, x="layers", y="final_test_acc", errorbar=("pi", 100), ax=ax, **line)
         mark_diverged(ax, g, "layers")
-        ax.set_title(m, fontsize=10)
+        ax.set_title(panel_title(m, g), fontsize=10)
         _depth_axis(ax, d.layers)
         ax.axhline(10.0, color="0.6", lw=0.8, ls=":")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, **(legend or {}))
     axes[0][0].set_ylabel("final test accuracy (%)")
     n = d.seed.nunique()
-    fig.suptitle(f"FOTON depth scaling, {dataset}: the activation (the figure's: {P['act']}; × = diverged; "
-                 f"dotted: chance)\n{P['epochs']} epoch{'s' * (P['epochs'] != 1)}, {n} seed{'s' * (n != 1)}, "
-                 "the figure's learning rates (spec: 100 epochs, ≥ 3 seeds)", fontsize=10)
+    seeds = f"{n} seed{'s' * (n != 1)}"
+    line = f"\n{budget_line.format(n=seeds)}" if budget_line else ""
+    fig.suptitle(f"FOTON depth scaling, {dataset}: {what}{line}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -171,7 +182,7 @@ def _with_acc(hist, fin, reason):
 
 
 def metrics(fin: pd.DataFrame) -> dict:
-    grid, ctl, fin = depth_lr_frame(fin), depth_act_frame(fin), depth_frame(fin)
+    grid, ctl, fin = part_frame(fin, "lr_sweep"), part_frame(fin, "act"), depth_frame(fin)
     ok = fin[fin.status == "ok"]
     out = {"final_test_acc": {}, "best_test_acc": {}, "diverged": {}}
     for (m, L), g in ok.groupby(["method", "layers"]):
@@ -185,12 +196,13 @@ def metrics(fin: pd.DataFrame) -> dict:
                                                            "diverged": int((g.status != "ok").sum()),
                                                            "n_seeds": int(g.seed.nunique())}
                                               for lr, g in gl.groupby("lr")}
-                               for L, gl in gm.groupby("layers")} for m, gm in grid.groupby("method")}
+                               for L, gl in gm.groupby("layers")} for m, gm in grid.groupby("base")}
         # per method and depth, the lr with the highest mean final accuracy (chosen on the test set)
-        out["lr_sweep_best"] = {m: {L: dict(zip(("lr", "final_test_acc"),
-                                                max(((float(lr), v["final_test_acc"]) for lr, v in per.items()),
-                                                    key=lambda t: t[1])))
-                                    for L, per in byL.items()} for m, byL in out["lr_sweep"].items()}
+        out["lr_sweep_best"] = {}
+        for m, byL in out["lr_sweep"].items():
+            for L, per in byL.items():
+                lr, v = max(per.items(), key=lambda kv: kv[1]["final_test_acc"])
+                out["lr_sweep_best"].setdefault(m, {})[L] = {"final_test_acc": v["final_test_acc"], "lr": float(lr)}
     if len(ctl):  # per method, activation and depth: final test accuracy (the figure's runs as its act)
         out["act_controls"] = {m: {a: {str(int(L)): float(gl.final_test_acc.mean()) for L, gl in ga.groupby("layers")}
                                    for a, ga in gm.groupby("act")}
@@ -198,39 +210,19 @@ def metrics(fin: pd.DataFrame) -> dict:
     return out
 
 
-def depth_lr_frame(fin: pd.DataFrame) -> pd.DataFrame:
-    """The lr grid's runs with the figure's runs it shares (same method, seed and depth), diverged ones at their
-    measured accuracy; empty without an ``lr_sweep``."""
-    if "part" not in fin or not (fin.part == "lr_sweep").any():
-        return fin.iloc[0:0]
-    keys = set(zip(*(fin[fin.part == "lr_sweep"][c] for c in ("method", "seed", "layers"))))
-    return measured(fin[[k in keys for k in zip(fin.method, fin.seed, fin.layers)]])
-
-
 def plot_depth_lr(fin: pd.DataFrame, dataset: str, P: dict | None = None):
     """The lr grid: final test accuracy against depth, one line per lr, one panel per method."""
-    d = depth_lr_frame(fin)
-    ms = list(dict.fromkeys(d.method))
-    fig, axes = plt.subplots(1, len(ms), figsize=(5.2 * len(ms), 4.3), sharey=True, squeeze=False)
+    d = part_frame(fin, "lr_sweep").assign(lr_label=lambda x: x.lr.map(lambda v: f"{v:g}"))
     lrs = sorted(set(d.lr))
-    pal = dict(zip(lrs, sns.color_palette("viridis", len(lrs))))
-    for ax, m in zip(axes[0], ms):
-        g = d[d.method == m].assign(lr_label=lambda x: x.lr.map(lambda v: f"{v:g}"))
-        sns.lineplot(g, x="layers", y="final_test_acc", hue="lr_label", hue_order=[f"{v:g}" for v in lrs],
-                     palette={f"{v:g}": c for v, c in pal.items()}, marker="o", errorbar=("pi", 100), ax=ax)
-        mark_diverged(ax, g, "layers")
-        default = float(d[(d.method == m) & (d.part == "depth")].lr.iloc[0]) if (d.part == "depth").any() else None
-        ax.set_title(f"{m}" + (f" (figure's lr {default:g})" if default is not None else ""), fontsize=10)
-        _depth_axis(ax, d.layers)
-        ax.axhline(10.0, color="0.6", lw=0.8, ls=":")
-        ax.legend(title="lr", fontsize=7, title_fontsize=8)
-    axes[0][0].set_ylabel("final test accuracy (%)")
-    n = d.seed.nunique()
-    fig.suptitle(f"FOTON depth scaling, {dataset}: learning rate per depth (× = diverged; dotted: chance)"
-                 + (f"\n{P['epochs']} epoch{'s' * (P['epochs'] != 1)}, {n} seed{'s' * (n != 1)} "
-                    "(spec: 100 epochs, ≥ 3 seeds)" if P else ""), fontsize=10)
-    fig.tight_layout()
-    return fig
+    pal = dict(zip([f"{v:g}" for v in lrs], sns.color_palette("viridis", len(lrs))))
+
+    def title(m, g):  # the figure's own rate for this method
+        own = g[g.part == "depth"]
+        return m + (f" (figure's lr {float(own.lr.iloc[0]):g})" if len(own) else "")
+    return _panels_by_method(d, dataset, "learning rate per depth (× = diverged; dotted: chance)",
+                             f"{_epochs(P)}, {{n}} (spec: 100 epochs, ≥ 3 seeds)" if P else None, title,
+                             legend={"title": "lr", "title_fontsize": 8}, hue="lr_label", hue_order=list(pal),
+                             palette=pal, marker="o")
 
 
 def init_signal(P: dict, dataset: str, n: int = 1024) -> dict:
