@@ -191,10 +191,8 @@ def run(quick: bool = False, device: str = "auto") -> dict:
             res = time_steps(r, w, d, x, y, dev, steps=steps)
             if r == "bp":
                 base = res
-            rows.append({"width": w, "depth": d, "rule": r, **res,
-                         "epoch_s": res["ms_per_step"] * 1200 / 1e3,
-                         "time_vs_bp": res["ms_per_step"] / base["ms_per_step"],
-                         "mem_vs_bp": res["peak_mb"] / base["peak_mb"] if base["peak_mb"] else float("nan")})
+            rows.append({"width": w, "depth": d, "rule": r, **res, "epoch_s": res["ms_per_step"] * 1200 / 1e3,
+                         **_vs_bp(res, base)})
     # the fastest of 3 epochs each: one epoch on this shared 2-core VM varied 2.1–3.7 s (session 37)
     epochs = {r: min(full_epoch(r, x, y, xt, yt, lt, ltr, dev) for _ in range(3)) for r in ("bp", "f3")} \
         if not quick else {}
@@ -205,13 +203,18 @@ def run(quick: bool = False, device: str = "auto") -> dict:
         for r in ("bp", "foton", "foton_low_memory"):
             res = time_steps(r, 256, layers - 1, x, y, dev, batch=256, steps=n, warmup=2, net="foton")
             base = base or res
-            foton.append({"layers": layers, "rule": r, **res, "time_vs_bp": res["ms_per_step"] / base["ms_per_step"],
-                          "mem_vs_bp": res["peak_mb"] / base["peak_mb"]})
+            foton.append({"layers": layers, "rule": r, **res, **_vs_bp(res, base)})
     return {"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "keep_freed_memory": keep_freed_memory(),
             "cpu": cpu_model(), "cpu_capability": cpu_capability(), "data": src, "steps_timed": steps,
             "rows": rows, "full_epoch_s": epochs, "authors_epoch_s": AUTHORS_EPOCH_S, "foton": foton,
             "ffzero": ffzero_rows(x, y, dev, steps), "cnn": cnn_rows(x, y, dev, steps)}
+
+
+def _vs_bp(res: dict, base: dict) -> dict:
+    """A timed rule's step time and peak memory relative to its section's BP row (NaN memory when BP's is 0)."""
+    return {"time_vs_bp": res["ms_per_step"] / base["ms_per_step"],
+            "mem_vs_bp": res["peak_mb"] / base["peak_mb"] if base["peak_mb"] else float("nan")}
 
 
 def cnn_rows(x, y, dev, steps) -> list[dict]:
@@ -224,8 +227,7 @@ def cnn_rows(x, y, dev, steps) -> list[dict]:
         r = cfg["name"]
         res = time_steps(r, 32, 0, x, y, dev, steps=steps, net="cnn", rule_cfg=cfg)
         base = base or res
-        out.append({"rule": r, **res, "time_vs_bp": res["ms_per_step"] / base["ms_per_step"],
-                    "mem_vs_bp": res["peak_mb"] / base["peak_mb"] if base["peak_mb"] else float("nan")})
+        out.append({"rule": r, **res, **_vs_bp(res, base)})
     return out
 
 
@@ -238,7 +240,7 @@ def ffzero_rows(x, y, dev, steps) -> list[dict]:
         for r in FF_NET:
             res = time_steps(r, w, 3, x, y, dev, batch=256, steps=max(2, steps // 2), warmup=2, net="ff")
             base = base or res
-            out.append({"width": w, "rule": r, **res, "time_vs_bp": res["ms_per_step"] / base["ms_per_step"]})
+            out.append({"width": w, "rule": r, **res, "time_vs_bp": _vs_bp(res, base)["time_vs_bp"]})
     return out
 
 
